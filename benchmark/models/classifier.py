@@ -1,0 +1,33 @@
+"""A backbone behind its own input normalisation."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ImageClassifier(nn.Module):
+    """Takes images in [0, 1], normalises them, runs the backbone.
+
+    The backbone declares two lists of its own module names:
+    `bec_layers` (block-internal convolutions whose outputs BEC compares) and
+    `attention_layers` (stage outputs that NAD distils). Here they are
+    prefixed with ``backbone.`` so they resolve against this module.
+    """
+
+    def __init__(self, backbone: nn.Module, mean, std):
+        super().__init__()
+        self.backbone = backbone
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+    @property
+    def bec_layers(self) -> list[str]:
+        return [f"backbone.{name}" for name in self.backbone.bec_layers]
+
+    @property
+    def attention_layers(self) -> list[str]:
+        return [f"backbone.{name}" for name in self.backbone.attention_layers]

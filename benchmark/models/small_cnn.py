@@ -1,0 +1,31 @@
+"""A three-convolution CNN that trains on Fashion-MNIST on two CPU cores in
+well under a minute per epoch."""
+from __future__ import annotations
+
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    # Outputs of the three convolutions, before their BatchNorm, are the
+    # layers BEC compares: the block-internal layers of this network.
+    bec_layers = ["conv1", "conv2", "conv3"]
+    attention_layers = ["block1", "block2", "block3"]
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16):
+        super().__init__()
+        w = width
+        self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
+        # Pooling after every block keeps the cost at ~2 M multiply-adds per
+        # 28x28 image, which is what makes a CPU epoch take seconds, not minutes.
+        self.block1 = nn.Sequential(nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.conv2 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False)
+        self.block2 = nn.Sequential(nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.conv3 = nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False)
+        self.block3 = nn.Sequential(nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes))
+
+    def forward(self, x):
+        x = self.block1(self.conv1(x))
+        x = self.block2(self.conv2(x))
+        x = self.block3(self.conv3(x))
+        return self.head(x)

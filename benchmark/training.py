@@ -1,0 +1,58 @@
+"""Trainer settings shared by every stage, and the two things the runner does
+with a LightningModule: fit it on a dataset, and evaluate it."""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import lightning as L
+import torch
+
+from lightning_modules.base import CLEAN, POISONED, BackdoorStage
+
+# Lightning's tips ("consider num_workers", "GPU available but not used") are
+# noise in a benchmark that chose its loaders deliberately.
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+              "lightning.fabric.utilities.seed"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*Total length of .* across ranks is zero.*")
+# Re-activation keeps the attacked model in eval mode on purpose.
+warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
+
+
+class TrainerFactory:
+    def __init__(self, accelerator: str = "auto", progress: bool = True, precision: str | None = None):
+        self.accelerator = accelerator
+        self.progress = progress
+        cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        # bf16 autocast on GPUs; full precision on the CPU where bf16 is slow.
+        self.precision = precision or ("bf16-mixed" if cuda else "32-true")
+        self.device = torch.device("cuda" if cuda else "cpu")
+        if cuda:
+            torch.set_float32_matmul_precision("high")
+
+    def trainer(self, max_epochs: int = 1) -> L.Trainer:
+        callbacks = []
+        if self.progress:
+            from lightning.pytorch.callbacks import RichProgressBar
+            callbacks.append(RichProgressBar(leave=False))
+        return L.Trainer(accelerator=self.accelerator, devices=1, max_epochs=max_epochs,
+                         precision=self.precision, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=self.progress,
+                         num_sanity_val_steps=0, callbacks=callbacks)
+
+    def fit(self, module: L.LightningModule, loader, epochs: int) -> None:
+        self.trainer(max_epochs=epochs).fit(module, train_dataloaders=loader)
+
+    def evaluate(self, module: BackdoorStage, clean_loader=None, poisoned_loader=None) -> dict[str, float]:
+        roles, loaders = [], []
+        for role, loader in ((CLEAN, clean_loader), (POISONED, poisoned_loader)):
+            if loader is not None:
+                roles.append(role)
+                loaders.append(loader)
+        module.eval_roles = tuple(roles)
+        trainer = self.trainer()
+        trainer.test(module, dataloaders=loaders, verbose=False)
+        return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}

@@ -1,0 +1,180 @@
+"""Base LightningDataModule of every dataset in the suite.
+
+Images are held in memory as uint8 tensors (N, C, H, W) and served as [0, 1]
+floats; models normalise internally, so triggers, perturbations and epsilons
+are all in pixel space. Every batch is (images, labels, dataset indices).
+
+The data-selection rules of the benchmark live here, once, all seeded and by
+dataset index:
+- poisoned training indices: `poison_rate` of the training set, drawn from
+  samples whose label is not the target (relabelling a target-class sample
+  changes nothing);
+- the defender's clean subset: `clean_ratio` of the training set, disjoint
+  from the poisoned indices;
+- the attacker's re-activation data: samples drawn from the poisoned indices;
+- the poisoned test set: every non-target test image with the trigger applied.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from benchmark.errors import ConfigError
+from datamodules.tensor_dataset import IndexedImages, keep_batch, to_unit_float
+
+
+class BackdoorDataModule(L.LightningDataModule):
+    #: short name used in grids, the store and W&B
+    name: str = ""
+    num_classes: int = 10
+    #: per-channel normalisation the models apply (pixel space stays [0, 1])
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    #: training augmentation, applied as batched tensor ops after poisoning
+    crop_padding: int = 0
+    horizontal_flip: bool = False
+
+    def __init__(self, data_dir: str | Path = "data", batch_size: int = 128,
+                 eval_batch_size: int = 1024, num_workers: int = 0, download: bool = True):
+        super().__init__()
+        self.data_dir = Path(data_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.download = download
+        self.train_images: torch.Tensor | None = None
+
+    # ---- what a dataset implements -------------------------------------------
+    def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return (train uint8 NCHW, train int64 labels, test uint8, test labels)."""
+        raise NotImplementedError
+
+    def identity(self) -> dict:
+        """What identifies the data for the store key (never a local path)."""
+        return {"dataset": self.name}
+
+    # ---- loading --------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_images is not None:
+            return
+        tr_x, tr_y, te_x, te_y = self.load()
+        for name, x in (("train", tr_x), ("test", te_x)):
+            if x.dtype != torch.uint8 or x.dim() != 4:
+                raise ValueError(f"{self.name}: {name} images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+        self.train_images, self.train_labels = tr_x.contiguous(), tr_y.long()
+        self.test_images, self.test_labels = te_x.contiguous(), te_y.long()
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        self.setup()
+        return tuple(self.train_images.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        self.setup()
+        return len(self.train_labels)
+
+    def check_target(self, target_label: int) -> None:
+        if not 0 <= target_label < self.num_classes:
+            raise ConfigError(f"target label {target_label} outside the classes of {self.name} (0..{self.num_classes - 1})")
+
+    # ---- seeded selections, by dataset index ------------------------------------
+    def poison_indices(self, poison_rate: float, target_label: int, seed: int) -> torch.Tensor:
+        if not 0.0 < poison_rate < 1.0:
+            raise ConfigError(f"poison rate must be in (0, 1), got {poison_rate}")
+        self.check_target(target_label)
+        self.setup()
+        candidates = torch.nonzero(self.train_labels != target_label).flatten()
+        count = min(len(candidates), round(poison_rate * self.num_train))
+        order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
+        return candidates[order[:count]].sort().values
+
+    def clean_subset_indices(self, clean_ratio: float, seed: int, exclude: torch.Tensor) -> torch.Tensor:
+        if not 0.0 < clean_ratio <= 1.0:
+            raise ConfigError(f"clean ratio must be in (0, 1], got {clean_ratio}")
+        allowed = torch.ones(self.num_train, dtype=torch.bool)
+        allowed[exclude] = False
+        candidates = torch.nonzero(allowed).flatten()
+        count = min(len(candidates), max(1, math.ceil(clean_ratio * self.num_train)))
+        # A different stream from the poison draw, still fixed by the seed.
+        order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed + 7919))
+        return candidates[order[:count]].sort().values
+
+    def attacker_indices(self, poisoned: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+        if count <= 0:
+            raise ConfigError(f"number of attacker samples must be positive, got {count}")
+        order = torch.randperm(len(poisoned), generator=torch.Generator().manual_seed(seed + 104729))
+        return poisoned[order[:count]].sort().values
+
+    # ---- sets -------------------------------------------------------------------
+    def train_set(self, indices: torch.Tensor | None = None) -> IndexedImages:
+        self.setup()
+        if indices is None:
+            return IndexedImages(self.train_images, self.train_labels)
+        return IndexedImages(self.train_images[indices], self.train_labels[indices], indices)
+
+    def clean_test_set(self) -> IndexedImages:
+        self.setup()
+        return IndexedImages(self.test_images, self.test_labels)
+
+    def non_target_test_indices(self, target_label: int) -> torch.Tensor:
+        self.setup()
+        return torch.nonzero(self.test_labels != target_label).flatten()
+
+    def triggered(self, images: torch.Tensor, trigger, chunk: int = 4096) -> torch.Tensor:
+        """Apply a trigger to uint8/float images in chunks; float [0, 1] out."""
+        return torch.cat([trigger(to_unit_float(images[i:i + chunk])) for i in range(0, len(images), chunk)])
+
+    def poisoned_test_set(self, trigger, target_label: int) -> IndexedImages:
+        """Non-target test images with the trigger, labelled with their true class."""
+        idx = self.non_target_test_indices(target_label)
+        return IndexedImages(self.triggered(self.test_images[idx], trigger), self.test_labels[idx], idx)
+
+    def non_target_clean_test_set(self, target_label: int) -> IndexedImages:
+        idx = self.non_target_test_indices(target_label)
+        return IndexedImages(self.test_images[idx], self.test_labels[idx], idx)
+
+    def attacker_set(self, indices: torch.Tensor, trigger=None) -> IndexedImages:
+        """Training samples as the attacker holds them: triggered (or clean when
+        `trigger` is None, for the gUAA control), with their true labels."""
+        self.setup()
+        images = self.train_images[indices]
+        if trigger is not None:
+            images = self.triggered(images, trigger)
+        return IndexedImages(images, self.train_labels[indices], indices)
+
+    # ---- loaders ----------------------------------------------------------------
+    def loader(self, dataset: IndexedImages, shuffle: bool = False, batch_size: int | None = None,
+               drop_last: bool = False, seed: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size or (self.batch_size if shuffle else self.eval_batch_size),
+                          shuffle=shuffle, drop_last=drop_last, generator=generator,
+                          num_workers=self.num_workers, collate_fn=keep_batch,
+                          persistent_workers=self.num_workers > 0)
+
+    # ---- augmentation -------------------------------------------------------------
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """Random crop (zero padding) and horizontal flip, per sample, batched."""
+        if self.crop_padding:
+            images = random_crop(images, self.crop_padding)
+        if self.horizontal_flip:
+            flip = torch.rand(images.shape[0], device=images.device) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        return images
+
+
+def random_crop(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """Pad by `padding` and crop back at a random offset per sample, with one
+    gather instead of a Python loop over the batch."""
+    b, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (b,), device=images.device)
+    dx = torch.randint(0, 2 * padding + 1, (b,), device=images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None].expand(b, c, h, w + 2 * padding)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :].expand(b, c, h, w)
+    return out.gather(3, cols)

@@ -1,0 +1,10 @@
+"""Attacks by short name. An attack is a trigger plus a preset; a new module
+class is needed only when the training objective itself changes."""
+from benchmark.registry import Registry
+from lightning_modules.attacks.base import AttackModule, AttackPreset
+
+ATTACKS: Registry[AttackPreset] = Registry("attack")
+
+from lightning_modules.attacks import badnets, blended, clean  # noqa: E402,F401  (registers)
+
+__all__ = ["ATTACKS", "AttackModule", "AttackPreset"]

@@ -1,0 +1,47 @@
+"""`AttackModule`: training on data where the samples at `poison_indices`
+(dataset indices, chosen from the seed by the data module) carry the trigger
+and are relabelled to the target (all-to-one). Poisoning is one masked
+tensor op per batch, on the device, before augmentation (as in BackdoorBench,
+where transforms apply to the already-poisoned image)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark.triggers import Trigger
+from lightning_modules.base import BackdoorStage
+
+
+@dataclass(frozen=True)
+class AttackPreset:
+    """What a grid names: a trigger with its parameters and the module that
+    trains with it. `trigger=None` is the clean (unpoisoned) model."""
+    name: str
+    trigger: str | None
+    trigger_params: dict = field(default_factory=dict)
+    module: type["AttackModule"] | None = None
+
+    def module_class(self) -> type["AttackModule"]:
+        return self.module or AttackModule
+
+
+class AttackModule(BackdoorStage):
+    def __init__(self, model, num_classes: int, trigger: Trigger | None, poison_indices: torch.Tensor,
+                 num_train: int, target_label: int = 0, lr: float = 0.01, momentum: float = 0.9,
+                 weight_decay: float = 5e-4, augment=None):
+        super().__init__(model, num_classes, target_label, lr, momentum, weight_decay, augment)
+        self.trigger = trigger
+        mask = torch.zeros(num_train, dtype=torch.bool)
+        mask[poison_indices] = True
+        if mask.any() and trigger is None:
+            raise ValueError("poison indices given but no trigger")
+        self.register_buffer("poison_mask", mask, persistent=False)
+
+    def prepare_batch(self, x, y, idx):
+        poisoned = self.poison_mask[idx]
+        if self.trigger is None or not poisoned.any():
+            return x, y
+        x = torch.where(poisoned[:, None, None, None], self.trigger(x), x)
+        y = torch.where(poisoned, torch.full_like(y, self.hparams.target_label), y)
+        return x, y

@@ -1,0 +1,103 @@
+"""`BackdoorStage`: the classifier, the one evaluation protocol of the suite
+(C-Acc, ASR, RA), optimiser defaults and weight export.
+
+Subclasses change what a training batch looks like (`prepare_batch`), the
+loss (`training_loss`), the trainable parameters, or how evaluation inputs
+are formed (`eval_inputs`); none re-implements evaluation.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from benchmark.metrics import AttackSuccessRate, RobustAccuracy
+
+CLEAN, POISONED = "clean", "poisoned"
+
+
+class BackdoorStage(L.LightningModule):
+    #: __init__ arguments that are objects rather than configuration
+    object_args: tuple[str, ...] = ("model", "augment", "trigger", "poison_indices")
+
+    def __init__(self, model: nn.Module, num_classes: int, target_label: int = 0,
+                 lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        super().__init__()
+        # Objects (models, functions, triggers, index tensors) are not config;
+        # everything else a subclass's __init__ takes becomes its recorded config.
+        self.save_hyperparameters(ignore=list(self.object_args))
+        self.model = model
+        self.augment = augment
+        self.clean_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.asr = AttackSuccessRate(target_label)
+        self.ra = RobustAccuracy(target_label)
+        self.eval_roles: Sequence[str] = (CLEAN, POISONED)
+
+    # ---- configuration recorded in the store ----------------------------------
+    def config(self) -> dict:
+        return {k: v for k, v in self.hparams.items()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # ---- training -----------------------------------------------------------------
+    def prepare_batch(self, x, y, idx):
+        """Hook: turn a data batch into training inputs (poisoning lives here)."""
+        return x, y
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(x), y)
+
+    def training_step(self, batch, batch_idx):
+        x, y, idx = batch
+        x, y = self.prepare_batch(x, y, idx)
+        if self.augment is not None:
+            x = self.augment(x)
+        loss = self.training_loss(x, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{type(self).__name__}: loss became {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def trainable_parameters(self):
+        return self.model.parameters()
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.trainable_parameters(), lr=self.hparams.lr,
+                              momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- evaluation: the single protocol --------------------------------------------
+    def eval_inputs(self, x: torch.Tensor, role: str) -> torch.Tensor:
+        """Hook: inputs as the evaluated model sees them (re-activation adds delta)."""
+        return x
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        x, y, _ = batch
+        role = self.eval_roles[dataloader_idx]
+        preds = self(self.eval_inputs(x, role)).argmax(dim=1)
+        if role == CLEAN:
+            self.clean_acc.update(preds, y)
+        else:
+            self.asr.update(preds, y)
+            self.ra.update(preds, y)
+
+    def on_test_epoch_end(self):
+        if CLEAN in self.eval_roles:
+            self.log("test/clean_acc", self.clean_acc.compute())
+        if POISONED in self.eval_roles:
+            self.log("test/asr", self.asr.compute())
+            self.log("test/ra", self.ra.compute())
+        for metric in (self.clean_acc, self.asr, self.ra):
+            metric.reset()
+
+    # ---- export -------------------------------------------------------------------------
+    def export_weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}

@@ -1,0 +1,20 @@
+"""Defenses by short name: the suite's extension point.
+
+To add one, subclass `DefenseModule` in a new file of this package and
+decorate it with ``@DEFENSES.register("<short name>")``; every file here is
+imported, so the name is usable in the CLI and grids and the contract tests
+cover it, with no other file changed.
+"""
+import importlib
+import pkgutil
+
+from benchmark.registry import Registry
+from lightning_modules.defenses.base import DefenseModule
+
+DEFENSES: Registry[type[DefenseModule]] = Registry("defense")
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["DEFENSES", "DefenseModule"]

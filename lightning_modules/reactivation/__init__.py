@@ -1,0 +1,15 @@
+"""Re-activation methods by short name (white-box here; black-box variants
+get a query oracle instead of the model)."""
+import importlib
+import pkgutil
+
+from benchmark.registry import Registry
+from lightning_modules.reactivation.base import ReactivationModule
+
+REACTIVATIONS: Registry[type[ReactivationModule]] = Registry("re-activation method")
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in ("base", "norms"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["REACTIVATIONS", "ReactivationModule"]

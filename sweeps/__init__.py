@@ -1,0 +1,1 @@
+"""Grid files and the sweep orchestrator (expand -> job graph -> executor -> collect)."""

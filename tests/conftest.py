@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from benchmark.cell import Cell, CellSpec
+from benchmark.store import ArtifactStore
+
+torch.set_num_threads(2)
+
+# A cell small enough for the fast suite: synthetic 16x16 data, the small CNN,
+# a few epochs of everything.
+FAST_DEFENSE_PARAMS = {"ft": {"epochs": 2}, "nad": {"epochs": 2, "teacher_epochs": 1}}
+FAST_REACTIVATION = {"epochs": 2, "num_samples": 32, "batch_size": 16}
+
+
+def fast_spec(**overrides) -> CellSpec:
+    base = dict(dataset="synthetic", arch="small_cnn", attack="badnets", defenses=("ft", "nad"), seed=0,
+                epochs=3, batch_size=64, lr=0.05, bec_samples=64, defense_params=FAST_DEFENSE_PARAMS,
+                reactivation_params=FAST_REACTIVATION, trigger_params={"size": 4})
+    base.update(overrides)
+    return CellSpec(**base)
+
+
+@pytest.fixture
+def make_cell(tmp_path):
+    def make(store=None, **overrides):
+        return Cell(fast_spec(**overrides), ArtifactStore(store or tmp_path / "store"), data_dir=tmp_path / "data",
+                    accelerator="cpu", progress=False)
+    return make

@@ -1,0 +1,101 @@
+import json
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.errors import ConfigError, DataNotFoundError, StoreError, UnknownNameError
+from benchmark.training import TrainerFactory
+
+
+def test_cell_end_to_end_then_served_from_store(make_cell, monkeypatch):
+    rows = make_cell().run()
+    by = {r["model"]: r for r in rows}
+    assert list(by) == ["clean", "backdoored", "ft", "nad"]
+    assert by["clean"]["bec"] == pytest.approx(0.0) and by["backdoored"]["bec"] == pytest.approx(1.0)
+    assert by["backdoored"]["bec_minmax"] == 1.0
+    for r in rows:
+        for key in ("clean_acc", "asr", "ra", "react_asr", "react_ra"):
+            assert 0.0 <= r[key] <= 1.0
+    assert by["ft"]["der"] is not None and by["clean"]["guaa_asr"] is None
+
+    # Second run: nothing may train or evaluate again.
+    def no_work(*args, **kwargs):
+        raise AssertionError("a stage was recomputed although the store has it")
+
+    monkeypatch.setattr(TrainerFactory, "fit", no_work)
+    monkeypatch.setattr(TrainerFactory, "evaluate", no_work)
+    assert make_cell().run() == rows
+
+
+def test_attack_learns_backdoor_on_synthetic_data(make_cell):
+    cell = make_cell(epochs=8)
+    attack = cell.attack_model().metrics
+    assert attack["test/asr"] > 0.9 and attack["test/clean_acc"] > 0.9
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    ({"dataset": "mnist3d"}, UnknownNameError, "choose one of"),
+    ({"attack": "trojan"}, UnknownNameError, "badnets"),
+    ({"defenses": ("ft", "anp2")}, UnknownNameError, "nad"),
+    ({"arch": "resnet1000"}, UnknownNameError, "small_cnn"),
+    ({"reactivation": "magic"}, UnknownNameError, "wba"),
+    ({"poison_rate": 1.0}, ConfigError, "poison rate"),
+    ({"poison_rate": 0.0}, ConfigError, "poison rate"),
+    ({"epsilon": 0.0}, ConfigError, "epsilon"),
+    ({"target_label": 9}, ConfigError, "target label 9"),
+    ({"epochs": 0}, ConfigError, "epochs"),
+    ({"defense_params": {"ft": {"epochz": 3}}}, ConfigError, "defense 'ft'"),
+])
+def test_bad_input_fails_before_any_work(make_cell, overrides, error, match, tmp_path):
+    with pytest.raises(error, match=match):
+        cell = make_cell(**overrides)
+        cell.run()
+    store = tmp_path / "store"
+    assert not store.exists() or not any(p for p in store.rglob("meta.json"))
+
+
+def test_corrupted_weights_in_store_reported(make_cell):
+    cell = make_cell(defenses=())
+    art = cell.clean_model()
+    (art.path / "tensors.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(StoreError, match="delete that directory"):
+        make_cell(defenses=()).bec(art, art, art, "clean")
+
+
+def test_cli_help_lists_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["cell", "--help"])
+    out = capsys.readouterr().out
+    for name in ("fashion_mnist", "cifar10", "badnets", "blended", "nad", "ft", "wba", "preact_resnet18"):
+        assert name in out
+
+
+def test_cli_reports_bad_input_as_one_line(capsys, tmp_path):
+    code = main(["cell", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "nothing"),
+                 "--store", str(tmp_path / "s"), "--attack", "nonsense"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: unknown attack 'nonsense'") and err.count("\n") == 1
+
+
+def test_cli_missing_dataset_names_the_directory(capsys, tmp_path, monkeypatch):
+    import datamodules.fashion_mnist as fm
+    monkeypatch.setattr(fm, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(fm.FashionMNISTDataModule.__init__, "__defaults__", None, raising=False)
+    code = main(["cell", "--data-dir", str(tmp_path / "nothing"), "--store", str(tmp_path / "s"),
+                 "--data-params", json.dumps({"download": False, "debian_dir": str(tmp_path / "no-debian")})])
+    err = capsys.readouterr().err
+    assert code == 2 and "Fashion-MNIST not found" in err and str(tmp_path / "nothing") in err
+
+
+def test_cli_runs_a_synthetic_cell_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "cell.json"
+    code = main(["cell", "--dataset", "synthetic", "--defenses", "ft", "--epochs", "2", "--no-progress",
+                 "--store", str(tmp_path / "s"), "--data-dir", str(tmp_path / "d"), "--out", str(out),
+                 "--defense-params", '{"ft": {"epochs": 1}}', "--bec-samples", "32",
+                 "--reactivation-params", '{"epochs": 1, "num_samples": 32, "batch_size": 16}'])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "backdoored" in table and "re-act ASR" in table
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["clean", "backdoored", "ft"]

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from benchmark.errors import UnknownNameError
+from benchmark.features import capture
+from benchmark.models import ARCHITECTURES, build_model
+
+CASES = [(name, 3, 32) for name in ARCHITECTURES] + [("timm:resnet10t", 3, 32)]
+
+
+@pytest.mark.parametrize("arch,channels,size", CASES)
+def test_forward_and_layer_lists_resolve(arch, channels, size):
+    model = build_model(arch, 7, channels, size, (0.5,) * channels, (0.25,) * channels).eval()
+    x = torch.rand(2, channels, size, size)
+    with capture(model, model.bec_layers + model.attention_layers) as feats:
+        out = model(x)
+    assert out.shape == (2, 7)
+    assert len(model.bec_layers) >= 2 and len(model.attention_layers) == 3
+    for name in model.bec_layers:
+        assert feats[name].dim() == 4
+
+
+def test_preact_resnet18_bec_layers_are_the_16_block_convs():
+    model = build_model("preact_resnet18", 10, 3, 32, (0.5,) * 3, (0.5,) * 3)
+    assert len(model.bec_layers) == 16
+    assert all(".conv1" in n or ".conv2" in n for n in model.bec_layers)
+    assert not any("shortcut" in n for n in model.bec_layers)
+
+
+def test_model_holds_its_normalisation():
+    model = build_model("small_cnn", 10, 1, 28, (0.3,), (0.2,))
+    assert torch.allclose(model.mean.flatten(), torch.tensor([0.3]))
+    assert "mean" in model.state_dict() and "std" in model.state_dict()
+
+
+def test_unknown_architecture_lists_choices():
+    with pytest.raises(UnknownNameError, match="preact_resnet18.*small_cnn"):
+        build_model("resnet1000", 10, 3, 32, (0.5,), (0.5,))
