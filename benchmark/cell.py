@@ -11,7 +11,6 @@ The clean model is shared by every attack, the attack model by every defense.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,12 +26,13 @@ from benchmark.metrics import defense_effectiveness_rating
 from benchmark.models import ImageClassifier, build_model
 from benchmark.store import Artifact, ArtifactStore
 from benchmark.training import TrainerFactory
-from benchmark.triggers import TRIGGERS, build_trigger
+from benchmark.triggers import build_trigger
 from datamodules import DATASETS, build_datamodule
 from lightning_modules.attacks import ATTACKS
 from lightning_modules.base import BackdoorStage
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
+from lightning_modules.reactivation.base import DeltaEvaluation
 from lightning_modules.reactivation.norms import check_budget
 
 CLEAN_ROW, BACKDOORED_ROW = "clean", "backdoored"
@@ -245,36 +245,47 @@ class Cell:
         return self._stage("bec", f"S(f_A, {label})", config,
                            {"attack": attack.key, "clean": clean.key, "model": other.key}, run)
 
-    def _reactivation_module(self, model):
+    def _reactivation_module(self, victim):
         s = self.spec
+        cls = REACTIVATIONS.get(s.reactivation)
         try:
-            return REACTIVATIONS.get(s.reactivation)(model, self.dm.num_classes, self.dm.image_shape, s.target_label,
-                                                     epsilon=s.epsilon, norm=s.norm, seed=s.seed,
-                                                     **s.reactivation_params)
+            return cls(victim, self.dm.image_shape, s.target_label, epsilon=s.epsilon, norm=s.norm, seed=s.seed,
+                       **s.reactivation_params)
         except TypeError as exc:
             raise ConfigError(f"bad parameter for re-activation {s.reactivation!r}: {exc}") from None
 
+    def _evaluate_delta(self, model, delta: torch.Tensor, use_trigger: bool) -> dict:
+        s = self.spec
+        eval_set = (self.dm.poisoned_test_set(self.trigger, s.target_label) if use_trigger
+                    else self.dm.non_target_clean_test_set(s.target_label))
+        stage = DeltaEvaluation(model, self.dm.num_classes, s.target_label, delta)
+        return self.trainers.evaluate(stage, poisoned_loader=self.dm.loader(eval_set))
+
     def reactivate(self, attack: Artifact, victim: Artifact, label: str, use_trigger: bool = True) -> Artifact:
         """Re-activation (trigger + delta) against `victim`; with use_trigger=False,
-        the gUAA control: the same optimisation on clean inputs."""
+        the gUAA control: the same optimisation on clean inputs (no trigger),
+        evaluated on clean non-target test images."""
         s = self.spec
         config = {"method": s.reactivation, "params": self._reactivation_module(self.new_model()).config(),
                   "inputs": "trigger" if use_trigger else "clean"}
 
         def run():
             L.seed_everything(s.seed, workers=True, verbose=False)
-            module = self._reactivation_module(self.load_model(victim))
-            h_ = module.hparams
-            idx = self.dm.attacker_indices(self.poison_idx, h_.num_samples, s.seed)
+            victim_model = self.load_model(victim)
+            module = self._reactivation_module(victim_model)
+            h = module.hparams
+            idx = self.dm.attacker_indices(self.poison_idx, h.num_samples, s.seed)
             data = self.dm.attacker_set(idx, self.trigger if use_trigger else None)
-            loader = self.dm.loader(data, shuffle=True, batch_size=min(h_.batch_size, len(data)),
+            loader = self.dm.loader(data, shuffle=True, batch_size=min(h.batch_size, len(data)),
                                     drop_last=True, seed=s.seed)
-            self.trainers.fit(module, loader, h_.epochs)
-            eval_set = (self.dm.poisoned_test_set(self.trigger, s.target_label) if use_trigger
-                        else self.dm.non_target_clean_test_set(s.target_label))
-            metrics = self.trainers.evaluate(module, poisoned_loader=self.dm.loader(eval_set))
-            metrics["delta_linf"] = float(module.delta.detach().abs().max())
-            return metrics, module.export_weights()
+            self.trainers.fit(module, loader, h.epochs)
+            delta = module.final_delta()
+            metrics = self._evaluate_delta(victim_model, delta, use_trigger)
+            for tag, snapshot in module.checkpoints().items():
+                for key, value in self._evaluate_delta(victim_model, snapshot, use_trigger).items():
+                    metrics[f"{key}@{tag}"] = value
+            metrics["delta_linf"] = float(delta.abs().max())
+            return metrics, {"delta": delta}
 
         kind = "reactivation" if use_trigger else "guaa"
         return self._stage(kind, f"{s.reactivation} vs {label}", config,
@@ -309,7 +320,7 @@ class Cell:
                 "guaa_asr": None,
                 "key": art.key,
             }
-            if label != CLEAN_ROW:
+            if label not in (CLEAN_ROW, BACKDOORED_ROW):
                 row["guaa_asr"] = self.reactivate(attack, art, label, use_trigger=False).metrics["test/asr"]
             rows.append(row)
         return rows

@@ -20,7 +20,7 @@ from lightning_modules.reactivation import REACTIVATIONS
 from lightning_modules.reactivation.norms import NORMS
 
 COLUMNS = [("model", "model"), ("clean_acc", "C-Acc"), ("asr", "ASR"), ("ra", "RA"), ("der", "DER"),
-           ("bec", "BEC"), ("similarity", "S raw"), ("react_asr", "re-act ASR"), ("react_ra", "re-act RA"),
+           ("bec", "BEC"), ("bec_minmax", "BEC min-max"), ("similarity", "S raw"), ("react_asr", "re-act ASR"), ("react_ra", "re-act RA"),
            ("guaa_asr", "gUAA ASR")]
 
 

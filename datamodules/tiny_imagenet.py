@@ -15,7 +15,7 @@ import torch
 from benchmark.errors import DataNotFoundError
 from datamodules import DATASETS
 from datamodules.base import BackdoorDataModule
-from datamodules.gtsrb import read_cache, write_cache
+from datamodules.cache import read_cache, write_cache
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 FOLDER = "tiny-imagenet-200"

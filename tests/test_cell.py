@@ -18,6 +18,7 @@ def test_cell_end_to_end_then_served_from_store(make_cell, monkeypatch):
         for key in ("clean_acc", "asr", "ra", "react_asr", "react_ra"):
             assert 0.0 <= r[key] <= 1.0
     assert by["ft"]["der"] is not None and by["clean"]["guaa_asr"] is None
+    assert by["ft"]["guaa_asr"] is not None
 
     # Second run: nothing may train or evaluate again.
     def no_work(*args, **kwargs):

@@ -20,7 +20,7 @@ def _setup(norm="linf", epsilon=0.05, name="wba"):
     with torch.no_grad():
         model(torch.rand(64, 1, 16, 16))
     model.eval()
-    module = REACTIVATIONS.get(name)(model, dm.num_classes, dm.image_shape, 0, epsilon=epsilon, norm=norm,
+    module = REACTIVATIONS.get(name)(model, dm.image_shape, 0, epsilon=epsilon, norm=norm,
                                      epochs=2, inner_steps=3, batch_size=16, num_samples=48)
     loader = dm.loader(dm.attacker_set(torch.arange(48)), shuffle=True, batch_size=16, drop_last=True)
     return module, model, loader
@@ -66,4 +66,4 @@ def test_loss_penalises_the_most_probable_non_target_class():
 def test_bad_budget_rejected(kwargs, match):
     model = build_model("small_cnn", 4, 1, 16, (0.5,), (0.5,))
     with pytest.raises(ConfigError, match=match):
-        REACTIVATIONS.get("wba")(model, 4, (1, 16, 16), 0, **kwargs)
+        REACTIVATIONS.get("wba")(model, (1, 16, 16), 0, **kwargs)

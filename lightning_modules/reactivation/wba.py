@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.reactivation import REACTIVATIONS
-from lightning_modules.reactivation.base import ReactivationModule
+from lightning_modules.reactivation.base import WHITE_BOX, ReactivationModule
 
 
 def reactivation_loss(logits: torch.Tensor, target_label: int, lambda_ce: float = 1.0,
@@ -29,11 +29,15 @@ def reactivation_loss(logits: torch.Tensor, target_label: int, lambda_ce: float 
 
 @REACTIVATIONS.register("wba")
 class WhiteBoxReactivation(ReactivationModule):
-    def __init__(self, model, num_classes: int, image_shape: tuple[int, int, int], target_label: int = 0,
-                 epsilon: float = 0.05, norm: str = "linf", lr: float = 0.05, seed: int = 0,
+    access = WHITE_BOX
+
+    def __init__(self, model, image_shape: tuple[int, int, int], target_label: int = 0,
+                 epsilon: float = 0.05, norm: str = "linf", seed: int = 0, lr: float = 0.05,
                  epochs: int = 50, inner_steps: int = 5, batch_size: int = 128, num_samples: int = 1000,
                  lambda_ce: float = 1.0, lambda_other: float = 1.0):
-        super().__init__(model, num_classes, image_shape, target_label, epsilon, norm, lr, seed)
+        super().__init__(image_shape, target_label, epsilon, norm, seed, num_samples, batch_size, epochs)
+        self.model = model
+        self.freeze(model)
         self.automatic_optimization = False
 
     def configure_optimizers(self):
@@ -44,7 +48,7 @@ class WhiteBoxReactivation(ReactivationModule):
         opt = self.optimizers()
         h = self.hparams
         for _ in range(h.inner_steps):
-            loss = reactivation_loss(self(self.perturb(x)), h.target_label, h.lambda_ce, h.lambda_other)
+            loss = reactivation_loss(self.model(self.perturb(x)), h.target_label, h.lambda_ce, h.lambda_other)
             opt.zero_grad()
             self.manual_backward(loss)
             opt.step()
