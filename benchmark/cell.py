@@ -1,19 +1,25 @@
-"""One cell of the benchmark: dataset x architecture x attack x defenses x seed.
+"""One cell of the benchmark: dataset x architecture x attack x defenses x seed,
+planned as a graph of stage jobs over the artifact store.
 
-Stage graph (each a content-addressed artifact, see benchmark/store.py):
+    train   clean model f_C ────────────┐
+    attack  backdoored model f_A ───────┼──▶ evaluate  f_C under f_A's trigger
+    defense f_D = defense(f_A) ─────────┤
+    bec     S(f_A, f_X), X in {C, A, D} ┤
+    reactivation / guaa  (method, f_X) ─┘   trigger + delta / clean + delta (control)
 
-    clean model f_C ───────────────┬──────────────▶ evaluate f_C under the trigger
-    attack model f_A ──▶ defense f_D (one per defense)
-    (f_A, f_C, f_X) ──▶ BEC of f_X          (X = C, A, each D)
-    (f_X, attack) ──▶ re-activation of f_X  (trigger + delta; gUAA: clean + delta)
-
-The clean model is shared by every attack, the attack model by every defense.
+Every job's store key is known before anything runs (a hash of its kind,
+config and its inputs' keys), so a grid can deduplicate jobs across cells
+(one f_C per dataset x arch x seed, one f_A per attack shared by all its
+defenses), print a dry run, and resume. `Cell.run()` executes the plan in
+order in this process; the sweep executor runs jobs one per subprocess.
 """
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
@@ -24,7 +30,7 @@ from benchmark.bec import (backdoor_existence_coefficient, backdoor_similarity, 
 from benchmark.errors import ConfigError, StoreError
 from benchmark.metrics import defense_effectiveness_rating
 from benchmark.models import ImageClassifier, build_model
-from benchmark.store import Artifact, ArtifactStore
+from benchmark.store import Artifact, ArtifactStore, stage_key
 from benchmark.training import TrainerFactory
 from benchmark.triggers import build_trigger
 from datamodules import DATASETS, build_datamodule
@@ -32,10 +38,13 @@ from lightning_modules.attacks import ATTACKS
 from lightning_modules.base import BackdoorStage
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
-from lightning_modules.reactivation.base import DeltaEvaluation
+from lightning_modules.reactivation.base import QUERY, TRANSFER, WHITE_BOX, DeltaEvaluation
 from lightning_modules.reactivation.norms import check_budget
 
 CLEAN_ROW, BACKDOORED_ROW = "clean", "backdoored"
+# Parameters of transfer methods that choose surrogates; the runner, not the
+# module, consumes them.
+SURROGATE_KEYS = ("surrogates", "surrogate_arch")
 
 
 @dataclass
@@ -53,25 +62,32 @@ class CellSpec:
     poison_rate: float = 0.1
     target_label: int = 0
     clean_ratio: float = 0.05      # the defender's clean subset
-    reactivation: str = "wba"
+    reactivations: tuple[str, ...] = ("wba",)
     epsilon: float = 0.05
     norm: str = "linf"
     bec_samples: int = 500
     bec_ratio: float = 0.1
-    trigger_params: dict = field(default_factory=dict)     # overrides of the attack preset
-    defense_params: dict = field(default_factory=dict)     # {defense: {param: value}}
-    reactivation_params: dict = field(default_factory=dict)
-    data_params: dict = field(default_factory=dict)        # extra data-module arguments
+    trigger_params: dict = field(default_factory=dict)       # overrides of the attack preset
+    defense_params: dict = field(default_factory=dict)       # {defense: {param: value}}
+    reactivation_params: dict = field(default_factory=dict)  # {method: {param: value}}
+    data_params: dict = field(default_factory=dict)          # extra data-module arguments
 
     def validate(self) -> None:
         DATASETS.get(self.dataset)
-        ATTACKS.get(self.attack)
-        REACTIVATIONS.get(self.reactivation)
+        if ATTACKS.get(self.attack).trigger is None:
+            raise ConfigError(f"attack {self.attack!r} has no trigger: the clean model is the control every "
+                              f"cell trains itself; choose one of: "
+                              f"{', '.join(n for n in ATTACKS.names() if ATTACKS.get(n).trigger)}")
+        for name in self.reactivations:
+            REACTIVATIONS.get(name)
         for name in self.defenses:
             DEFENSES.get(name)
-        unknown = set(self.defense_params) - set(DEFENSES.names())
-        if unknown:
-            DEFENSES.get(sorted(unknown)[0])
+        for name in self.defense_params:
+            DEFENSES.get(name)
+        for name in self.reactivation_params:
+            REACTIVATIONS.get(name)
+        if len(set(self.defenses)) != len(self.defenses):
+            raise ConfigError(f"defenses listed twice: {list(self.defenses)}")
         if not 0.0 < self.poison_rate < 1.0:
             raise ConfigError(f"poison rate must be in (0, 1), got {self.poison_rate}")
         if not 0.0 < self.clean_ratio <= 1.0:
@@ -86,113 +102,256 @@ class CellSpec:
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
 
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["defenses"], out["reactivations"] = list(self.defenses), list(self.reactivations)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CellSpec":
+        data = dict(data)
+        for key in ("defenses", "reactivations"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass(eq=False)
+class StageJob:
+    """One unit of work with a store key known in advance."""
+    kind: str
+    label: str
+    config: dict
+    deps: dict[str, "StageJob"]
+    run: Callable[[dict[str, Artifact]], tuple[dict, dict | None]] = field(repr=False)
+    cell: str = ""
+    key: str = field(init=False)
+
+    def __post_init__(self):
+        self.key = stage_key(self.kind, self.config, self.input_keys)
+
+    @property
+    def input_keys(self) -> dict[str, str]:
+        return {role: dep.key for role, dep in self.deps.items()}
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}/{self.key}"
+
 
 class Cell:
     def __init__(self, spec: CellSpec, store: ArtifactStore, data_dir: str | Path = "data",
-                 accelerator: str = "auto", progress: bool = True, console: Console | None = None):
+                 accelerator: str = "auto", progress: bool = True, console: Console | None = None,
+                 trainers: TrainerFactory | None = None):
         spec.validate()
         self.spec = spec
         self.store = store
         self.console = console or Console(stderr=True, quiet=not progress)
-        self.trainers = TrainerFactory(accelerator, progress)
+        self.trainers = trainers or TrainerFactory(accelerator, progress)
         self.dm = build_datamodule(spec.dataset, data_dir=data_dir, batch_size=spec.batch_size, **spec.data_params)
         self.dm.setup()
         self.dm.check_target(spec.target_label)
         preset = ATTACKS.get(spec.attack)
-        self.trigger_config = None
-        self.trigger = None
-        if preset.trigger is not None:
-            params = {**preset.trigger_params, **spec.trigger_params}
-            self.trigger = build_trigger(preset.trigger, self.dm.image_shape, **params)
-            self.trigger_config = {"name": preset.trigger, **params}
-        else:
-            raise ConfigError("a cell needs a backdoor attack; 'clean' is the control every cell trains itself")
+        params = {**preset.trigger_params, **spec.trigger_params}
+        self.trigger = build_trigger(preset.trigger, self.dm.image_shape, **params)
+        self.trigger_config = {"name": preset.trigger, **params}
         self.poison_idx = self.dm.poison_indices(spec.poison_rate, spec.target_label, spec.seed)
         self.clean_idx = self.dm.clean_subset_indices(spec.clean_ratio, spec.seed, exclude=self.poison_idx)
-        # Build every stage module once on a throw-away model so that a bad
-        # parameter fails now, before hours of training.
-        for name in spec.defenses:
-            self._defense_module(name, self.new_model())
-        self._reactivation_module(self.new_model())
+        # Planning builds every stage module once on a throw-away model, so a
+        # bad parameter or name fails now, before hours of training.
+        self.jobs = self.plan()
+
+    @property
+    def name(self) -> str:
+        s = self.spec
+        return f"{s.dataset}/{s.arch}/{s.attack}/seed{s.seed}"
 
     # ---- configuration pieces that go into store keys --------------------------
-    def model_spec(self) -> dict:
+    def model_spec(self, arch: str | None = None) -> dict:
         c, h, _ = self.dm.image_shape
-        return {"arch": self.spec.arch, "num_classes": self.dm.num_classes, "in_channels": c,
+        return {"arch": arch or self.spec.arch, "num_classes": self.dm.num_classes, "in_channels": c,
                 "image_size": h, "mean": list(self.dm.mean), "std": list(self.dm.std)}
 
     def train_spec(self) -> dict:
         s = self.spec
         return {"epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed}
 
-    def new_model(self) -> ImageClassifier:
-        m = self.model_spec()
+    @staticmethod
+    def new_model(model_spec: dict) -> ImageClassifier:
+        m = model_spec
         return build_model(m["arch"], m["num_classes"], m["in_channels"], m["image_size"], m["mean"], m["std"])
 
     def load_model(self, artifact: Artifact) -> ImageClassifier:
-        model = self.new_model()
+        try:
+            model_spec = artifact.config["model"]
+            model = self.new_model(model_spec)
+        except (KeyError, TypeError):
+            raise StoreError(f"{artifact.path} holds no model description; delete that directory") from None
         try:
             model.load_state_dict(artifact.tensors(), strict=True)
         except RuntimeError as exc:
-            raise StoreError(f"weights in {artifact.path} do not fit {self.spec.arch} "
+            raise StoreError(f"weights in {artifact.path} do not fit {model_spec['arch']} "
                              f"({str(exc).splitlines()[0]}); delete that directory to recompute it") from None
-        return model
+        return model.to(self.trainers.device)
 
-    # ---- helpers -------------------------------------------------------------
-    def _stage(self, kind: str, label: str, config: dict, inputs: dict, run) -> Artifact:
-        start = time.perf_counter()
-        self.console.print(f"[bold]{kind}[/] {label} ...", highlight=False)
-        artifact, cached = self.store.get_or_run(kind, config, inputs, run)
-        took = time.perf_counter() - start
-        self.console.print(f"  {'[dim]from store[/]' if cached else f'done in {took:.1f} s'}  {artifact.path}",
-                           highlight=False)
-        return artifact
-
-    def _poisoned_loader(self):
-        return self.dm.loader(self.dm.poisoned_test_set(self.trigger, self.spec.target_label))
-
-    def _evaluate(self, model, clean=True, poisoned=True) -> dict:
-        stage = BackdoorStage(model, self.dm.num_classes, self.spec.target_label)
-        return self.trainers.evaluate(stage, self.dm.loader(self.dm.clean_test_set()) if clean else None,
-                                      self._poisoned_loader() if poisoned else None)
-
-    # ---- stages ------------------------------------------------------------------
-    def _train_model(self, trigger, poison_idx) -> tuple[dict, dict]:
-        L.seed_everything(self.spec.seed, workers=True, verbose=False)
-        preset = ATTACKS.get(self.spec.attack if trigger is not None else "clean")
-        module = preset.module_class()(self.new_model(), self.dm.num_classes, trigger, poison_idx,
-                                       self.dm.num_train, self.spec.target_label, lr=self.spec.lr,
-                                       augment=self.dm.augment)
-        loader = self.dm.loader(self.dm.train_set(), shuffle=True, seed=self.spec.seed)
-        self.trainers.fit(module, loader, self.spec.epochs)
-        metrics = self._evaluate(module.model, poisoned=trigger is not None)
-        return metrics, module.export_weights()
-
-    def clean_model(self) -> Artifact:
-        config = {"attack": "clean", "data": self.dm.identity(), "model": self.model_spec(), "train": self.train_spec()}
-        return self._stage("train", "clean model", config, {},
-                           lambda: self._train_model(None, torch.empty(0, dtype=torch.long)))
-
-    def attack_model(self) -> Artifact:
+    # ---- the plan --------------------------------------------------------------
+    def plan(self) -> list[StageJob]:
+        """All jobs of this cell in dependency order."""
         s = self.spec
+        jobs: dict[str, StageJob] = {}
+
+        def add(job: StageJob) -> StageJob:
+            job.cell = self.name
+            return jobs.setdefault(job.id, job)
+
+        clean = add(self._train_job(None))
+        attack = add(self._train_job(s.arch))
+        add(StageJob("evaluate", "clean model under the trigger", {"what": "clean model vs trigger"},
+                     {"model": clean, "attack": attack}, self._run_evaluate))
+        models = {CLEAN_ROW: clean, BACKDOORED_ROW: attack}
+        for name in s.defenses:
+            models[name] = add(self._defense_job(name, attack))
+        for label, job in models.items():
+            add(self._bec_job(attack, clean, job, label))
+        for method in s.reactivations:
+            for label, job in models.items():
+                for use_trigger in (True, False):
+                    if not use_trigger and label in (CLEAN_ROW, BACKDOORED_ROW):
+                        continue  # the gUAA control is asked of defense models
+                    react = self._reactivation_job(method, attack, job, label, use_trigger, add)
+                    if react is not None:
+                        add(react)
+        return list(jobs.values())
+
+    def job(self, kind: str, label: str) -> StageJob:
+        for j in self.jobs:
+            if j.kind == kind and j.label == label:
+                return j
+        raise KeyError(f"no {kind} job {label!r} in {self.name}")
+
+    def _train_job(self, arch: str | None) -> StageJob:
+        """arch None: the clean model f_C (no trigger); else f_A of that arch."""
+        s = self.spec
+        config = {"data": self.dm.identity(), "model": self.model_spec(arch), "train": self.train_spec()}
+        if arch is None:
+            return StageJob("train", "clean model", {"attack": "clean", **config}, {},
+                            lambda inputs: self._train_model(config["model"], None))
         config = {"attack": s.attack, "trigger": self.trigger_config, "poison_rate": s.poison_rate,
-                  "target_label": s.target_label, "data": self.dm.identity(), "model": self.model_spec(),
-                  "train": self.train_spec()}
-        return self._stage("attack", s.attack, config, {}, lambda: self._train_model(self.trigger, self.poison_idx))
+                  "target_label": s.target_label, **config}
+        label = s.attack if arch == s.arch else f"{s.attack} ({arch})"
+        return StageJob("attack", label, config, {}, lambda inputs: self._train_model(config["model"], self.trigger))
 
-    def clean_model_under_trigger(self, clean: Artifact, attack: Artifact) -> Artifact:
-        """Metrics of f_C on the attack's poisoned test set (its ASR is the floor)."""
-        def run():
-            return self._evaluate(self.load_model(clean)), None
-        return self._stage("evaluate", "clean model under the trigger", {"what": "clean model vs trigger"},
-                           {"model": clean.key, "attack": attack.key}, run)
+    def _defense_job(self, name: str, attack: StageJob) -> StageJob:
+        model_spec = attack.config["model"]
+        config = {"defense": name, "params": self._defense_module(name, self.new_model(model_spec)).config(),
+                  "clean_ratio": self.spec.clean_ratio, "seed": self.spec.seed, "model": model_spec}
+        label = name if model_spec["arch"] == self.spec.arch else f"{name} ({model_spec['arch']})"
+        return StageJob("defense", label, config, {"attack": attack}, lambda inputs: self._run_defense(name, inputs))
 
+    def _bec_job(self, attack: StageJob, clean: StageJob, other: StageJob, label: str) -> StageJob:
+        s = self.spec
+        config = {"samples": s.bec_samples, "channel_ratio": s.bec_ratio, "seed": s.seed}
+        return StageJob("bec", f"S(f_A, {label})", config, {"attack": attack, "clean": clean, "model": other},
+                        self._run_bec)
+
+    def _reactivation_job(self, method: str, attack: StageJob, victim: StageJob, label: str, use_trigger: bool,
+                          add) -> StageJob | None:
+        s = self.spec
+        cls = REACTIVATIONS.get(method)
+        params = dict(s.reactivation_params.get(method, {}))
+        runner_params = {k: params.pop(k) for k in SURROGATE_KEYS if k in params}
+        if runner_params and cls.access != TRANSFER:
+            raise ConfigError(f"{', '.join(runner_params)} only apply to transfer methods, not {method!r}")
+        deps = {"model": victim, "attack": attack}
+        if cls.access == TRANSFER:
+            surrogates = self._surrogate_jobs(method, victim, label, runner_params, add)
+            if not surrogates:
+                return None  # nothing to transfer from (e.g. a cell with one defense)
+            deps.update({f"surrogate:{j.label}": j for j in surrogates})
+        probe = self._reactivation_module(method, self._attack_target(cls, self.new_model(victim.config["model"]),
+                                                                      params, surrogates=None), params)
+        config = {"method": method, "params": probe.config(), "inputs": "trigger" if use_trigger else "clean",
+                  **({"surrogates": runner_params} if runner_params else {})}
+        kind = "reactivation" if use_trigger else "guaa"
+        return StageJob(kind, f"{method} vs {label}", config, deps,
+                        lambda inputs: self._run_reactivation(method, params, use_trigger, inputs))
+
+    def _surrogate_jobs(self, method: str, victim: StageJob, label: str, params: dict, add) -> list[StageJob]:
+        """The attacker's own defended copies of its backdoored model."""
+        s = self.spec
+        if label in (CLEAN_ROW, BACKDOORED_ROW):
+            return []
+        arch = params.get("surrogate_arch") or s.arch
+        names = params.get("surrogates")
+        if names is None:  # default: every other defense of this cell
+            names = [d for d in s.defenses if d not in (label, "none")]
+        for name in names:
+            DEFENSES.get(name)
+            if name == label and arch == s.arch:
+                raise ConfigError(f"{method}: surrogate {name!r} is the victim's own defense on the same "
+                                  f"architecture; that is white-box re-activation, not transfer")
+            if name == "none":
+                raise ConfigError(f"{method}: surrogate 'none' is the attacker's undefended model; name a defense")
+        attack = add(self._train_job(arch))
+        return [add(self._defense_job(name, attack)) for name in names]
+
+    # ---- building stage modules -------------------------------------------------
     def _defense_module(self, name: str, model):
         params = dict(self.spec.defense_params.get(name, {}))
         try:
             return DEFENSES.get(name)(model, self.dm.num_classes, self.spec.target_label, self.dm.augment, **params)
         except TypeError as exc:
             raise ConfigError(f"bad parameter for defense {name!r}: {exc}") from None
+
+    def _reactivation_module(self, method: str, target, params: dict):
+        """`target` is the victim model (white-box), a query oracle (query) or
+        a list of surrogate models (transfer)."""
+        s = self.spec
+        try:
+            return REACTIVATIONS.get(method)(target, self.dm.image_shape, s.target_label, epsilon=s.epsilon,
+                                             norm=s.norm, seed=s.seed, **params)
+        except TypeError as exc:
+            raise ConfigError(f"bad parameter for re-activation {method!r}: {exc}") from None
+
+    @staticmethod
+    def _attack_target(cls, victim, params: dict, surrogates: list | None):
+        """What a method may touch: the victim itself (white-box), a counting
+        query oracle around it (query), or only the attacker's surrogates
+        (transfer; the victim is then used for evaluation alone). With
+        surrogates=None a stand-in is built for validating parameters."""
+        from lightning_modules.reactivation.oracle import QueryOracle
+
+        if cls.access == WHITE_BOX:
+            return victim
+        if cls.access == QUERY:
+            budget = params.get("max_queries", inspect.signature(cls).parameters["max_queries"].default)
+            if not isinstance(budget, int) or budget <= 0:
+                raise ConfigError(f"query budget max_queries must be a positive integer, got {budget!r}")
+            return QueryOracle(victim, budget)
+        if cls.access == TRANSFER:
+            return [victim] if surrogates is None else surrogates
+        raise ConfigError(f"re-activation {cls.__name__} declares unknown access {cls.access!r}")
+
+    # ---- running jobs ----------------------------------------------------------------
+    def _evaluate(self, model, clean=True, poisoned=True) -> dict:
+        stage = BackdoorStage(model, self.dm.num_classes, self.spec.target_label)
+        return self.trainers.evaluate(
+            stage, self.dm.loader(self.dm.clean_test_set()) if clean else None,
+            self.dm.loader(self.dm.poisoned_test_set(self.trigger, self.spec.target_label)) if poisoned else None)
+
+    def _train_model(self, model_spec: dict, trigger) -> tuple[dict, dict]:
+        L.seed_everything(self.spec.seed, workers=True, verbose=False)
+        preset = ATTACKS.get(self.spec.attack if trigger is not None else "clean")
+        poison_idx = self.poison_idx if trigger is not None else torch.empty(0, dtype=torch.long)
+        module = preset.module_class()(self.new_model(model_spec), self.dm.num_classes, trigger, poison_idx,
+                                       self.dm.num_train, self.spec.target_label, lr=self.spec.lr,
+                                       augment=self.dm.augment)
+        loader = self.dm.loader(self.dm.train_set(), shuffle=True, seed=self.spec.seed)
+        self.trainers.fit(module, loader, self.spec.epochs)
+        return self._evaluate(module.model, poisoned=trigger is not None), module.export_weights()
+
+    def _run_evaluate(self, inputs) -> tuple[dict, None]:
+        return self._evaluate(self.load_model(inputs["model"])), None
 
     def train_defense(self, name: str, attack: Artifact):
         """Apply defense `name` to f_A. The defense gets the backdoored model and
@@ -211,48 +370,26 @@ class Cell:
         module.finalize()
         return module
 
-    def defense_model(self, name: str, attack: Artifact) -> Artifact:
-        config = {"defense": name, "params": self._defense_module(name, self.new_model()).config(),
-                  "clean_ratio": self.spec.clean_ratio, "seed": self.spec.seed}
+    def _run_defense(self, name: str, inputs) -> tuple[dict, dict]:
+        module = self.train_defense(name, inputs["attack"])
+        return self._evaluate(module.model), module.export_weights()
 
-        def run():
-            module = self.train_defense(name, attack)
-            return self._evaluate(module.model), module.export_weights()
-
-        return self._stage("defense", name, config, {"attack": attack.key}, run)
-
-    def bec(self, attack: Artifact, clean: Artifact, other: Artifact, label: str) -> Artifact:
-        """Raw S(f_A, f_X) for one model, with per-layer CKA values."""
+    def _run_bec(self, inputs) -> tuple[dict, None]:
+        """Raw S(f_A, f_X) with per-layer CKA values."""
         s = self.spec
-        config = {"samples": s.bec_samples, "channel_ratio": s.bec_ratio, "seed": s.seed}
-
-        def run():
-            idx = self.dm.non_target_test_indices(s.target_label)
-            order = torch.randperm(len(idx), generator=torch.Generator().manual_seed(s.seed))
-            idx = idx[order[:s.bec_samples]].sort().values
-            clean_x = self.dm.test_images[idx].float().div(255)
-            poisoned_x = self.trigger(clean_x)
-            device = self.trainers.device
-            model_a = self.load_model(attack).to(device)
-            layers = model_a.bec_layers
-            channels = rank_backdoor_channels(model_a, layers, clean_x, poisoned_x, s.bec_ratio)
-            ref = selected_features(model_a, channels, poisoned_x)
-            feats = selected_features(self.load_model(other).to(device), channels, poisoned_x)
-            sim, per_layer = backdoor_similarity(ref, feats)
-            return {"similarity": sim, "per_layer": dict(zip(layers, per_layer)),
-                    "channels_per_layer": {n: len(c) for n, c in channels.items()}}, None
-
-        return self._stage("bec", f"S(f_A, {label})", config,
-                           {"attack": attack.key, "clean": clean.key, "model": other.key}, run)
-
-    def _reactivation_module(self, victim):
-        s = self.spec
-        cls = REACTIVATIONS.get(s.reactivation)
-        try:
-            return cls(victim, self.dm.image_shape, s.target_label, epsilon=s.epsilon, norm=s.norm, seed=s.seed,
-                       **s.reactivation_params)
-        except TypeError as exc:
-            raise ConfigError(f"bad parameter for re-activation {s.reactivation!r}: {exc}") from None
+        idx = self.dm.non_target_test_indices(s.target_label)
+        order = torch.randperm(len(idx), generator=torch.Generator().manual_seed(s.seed))
+        idx = idx[order[:s.bec_samples]].sort().values
+        clean_x = self.dm.test_images[idx].float().div(255)
+        poisoned_x = self.trigger(clean_x)
+        model_a = self.load_model(inputs["attack"])
+        layers = model_a.bec_layers
+        channels = rank_backdoor_channels(model_a, layers, clean_x, poisoned_x, s.bec_ratio)
+        reference = selected_features(model_a, channels, poisoned_x)
+        features = selected_features(self.load_model(inputs["model"]), channels, poisoned_x)
+        similarity, per_layer = backdoor_similarity(reference, features)
+        return {"similarity": similarity, "per_layer": dict(zip(layers, per_layer)),
+                "channels_per_layer": {n: len(c) for n, c in channels.items()}}, None
 
     def _evaluate_delta(self, model, delta: torch.Tensor, use_trigger: bool) -> dict:
         s = self.spec
@@ -261,69 +398,92 @@ class Cell:
         stage = DeltaEvaluation(model, self.dm.num_classes, s.target_label, delta)
         return self.trainers.evaluate(stage, poisoned_loader=self.dm.loader(eval_set))
 
-    def reactivate(self, attack: Artifact, victim: Artifact, label: str, use_trigger: bool = True) -> Artifact:
-        """Re-activation (trigger + delta) against `victim`; with use_trigger=False,
-        the gUAA control: the same optimisation on clean inputs (no trigger),
-        evaluated on clean non-target test images."""
+    def _run_reactivation(self, method: str, params: dict, use_trigger: bool, inputs) -> tuple[dict, dict]:
+        """Trigger + delta against the victim; with use_trigger=False the gUAA
+        control: the same optimisation on clean inputs, evaluated on clean
+        non-target test images."""
         s = self.spec
-        config = {"method": s.reactivation, "params": self._reactivation_module(self.new_model()).config(),
-                  "inputs": "trigger" if use_trigger else "clean"}
+        L.seed_everything(s.seed, workers=True, verbose=False)
+        victim = self.load_model(inputs["model"])
+        cls = REACTIVATIONS.get(method)
+        surrogates = [self.load_model(art) for role, art in sorted(inputs.items()) if role.startswith("surrogate:")]
+        target = self._attack_target(cls, victim, params, surrogates)
+        module = self._reactivation_module(method, target, params)
+        h = module.hparams
+        idx = self.dm.attacker_indices(self.poison_idx, h.num_samples, s.seed)
+        data = self.dm.attacker_set(idx, self.trigger if use_trigger else None)
+        loader = self.dm.loader(data, shuffle=True, batch_size=min(h.batch_size, len(data)), drop_last=True,
+                                seed=s.seed)
+        self.trainers.fit(module, loader, h.epochs)
+        delta = module.final_delta()
+        metrics = self._evaluate_delta(victim, delta, use_trigger)
+        for tag, snapshot in module.checkpoints().items():
+            metrics[f"test/asr@{tag}"] = self._evaluate_delta(victim, snapshot, use_trigger)["test/asr"]
+        metrics["delta_linf"] = float(delta.abs().max())
+        if cls.access == QUERY:
+            metrics["queries"] = target.queries  # the oracle's own count
+        return metrics, {"delta": delta}
 
-        def run():
-            L.seed_everything(s.seed, workers=True, verbose=False)
-            victim_model = self.load_model(victim)
-            module = self._reactivation_module(victim_model)
-            h = module.hparams
-            idx = self.dm.attacker_indices(self.poison_idx, h.num_samples, s.seed)
-            data = self.dm.attacker_set(idx, self.trigger if use_trigger else None)
-            loader = self.dm.loader(data, shuffle=True, batch_size=min(h.batch_size, len(data)),
-                                    drop_last=True, seed=s.seed)
-            self.trainers.fit(module, loader, h.epochs)
-            delta = module.final_delta()
-            metrics = self._evaluate_delta(victim_model, delta, use_trigger)
-            for tag, snapshot in module.checkpoints().items():
-                for key, value in self._evaluate_delta(victim_model, snapshot, use_trigger).items():
-                    metrics[f"{key}@{tag}"] = value
-            metrics["delta_linf"] = float(delta.abs().max())
-            return metrics, {"delta": delta}
+    # ---- executing -------------------------------------------------------------------
+    def execute(self, job: StageJob) -> Artifact:
+        """Run one job whose inputs are in the store, and save its artifact."""
+        if self.store.has(job.kind, job.key):
+            return self.store.load(job.kind, job.key)
+        inputs = {role: self.store.load(dep.kind, dep.key) for role, dep in job.deps.items()}
+        start = time.perf_counter()
+        self.console.print(f"[bold]{job.kind}[/] {job.label} ...", highlight=False)
+        metrics, tensors = job.run(inputs)
+        artifact = self.store.save(job.kind, job.key, job.config, job.input_keys, metrics, tensors,
+                                   extra={"label": job.label, "cell": self.name,
+                                          "seconds": round(time.perf_counter() - start, 2)})
+        self.console.print(f"  done in {time.perf_counter() - start:.1f} s  {artifact.path}", highlight=False)
+        return artifact
 
-        kind = "reactivation" if use_trigger else "guaa"
-        return self._stage(kind, f"{s.reactivation} vs {label}", config,
-                           {"model": victim.key, "attack": attack.key}, run)
-
-    # ---- the whole cell ----------------------------------------------------------
     def run(self) -> list[dict]:
-        clean = self.clean_model()
-        attack = self.attack_model()
-        clean_eval = self.clean_model_under_trigger(clean, attack)
-        models = {CLEAN_ROW: clean, BACKDOORED_ROW: attack}
-        for name in self.spec.defenses:
-            models[name] = self.defense_model(name, attack)
-        sims = {label: self.bec(attack, clean, art, label).metrics["similarity"] for label, art in models.items()}
-        s_clean = sims[CLEAN_ROW]
+        for job in self.jobs:
+            self.execute(job)
+        return self.rows()
+
+    # ---- results ---------------------------------------------------------------------
+    def _metrics(self, job: StageJob) -> dict:
+        return self.store.load(job.kind, job.key).metrics
+
+    def rows(self) -> list[dict]:
+        """One row per model of the cell, read from the store."""
+        s = self.spec
+        labels = [CLEAN_ROW, BACKDOORED_ROW, *s.defenses]
+        model_jobs = {CLEAN_ROW: self.job("train", "clean model"), BACKDOORED_ROW: self.job("attack", s.attack)}
+        model_jobs.update({d: self.job("defense", d) for d in s.defenses})
+        sims = {label: self._metrics(self.job("bec", f"S(f_A, {label})"))["similarity"] for label in labels}
         minmax = min_max_bec(sims, CLEAN_ROW, BACKDOORED_ROW)
-        base = attack.metrics
+        base = self._metrics(model_jobs[BACKDOORED_ROW])
+        by_id = {(j.kind, j.label): j for j in self.jobs}
         rows = []
-        for label, art in models.items():
-            metrics = clean_eval.metrics if label == CLEAN_ROW else art.metrics
-            react = self.reactivate(attack, art, label, use_trigger=True).metrics
-            row = {
-                "model": label,
-                "clean_acc": metrics["test/clean_acc"], "asr": metrics["test/asr"], "ra": metrics["test/ra"],
-                "der": (defense_effectiveness_rating(base["test/asr"], base["test/clean_acc"],
-                                                     metrics["test/asr"], metrics["test/clean_acc"])
-                        if label not in (CLEAN_ROW, BACKDOORED_ROW) else None),
-                "bec": backdoor_existence_coefficient(sims[label], s_clean),
-                "bec_minmax": minmax[label],
-                "similarity": sims[label],
-                "react_asr": react["test/asr"], "react_ra": react["test/ra"],
-                "guaa_asr": None,
-                "key": art.key,
-            }
+        for label in labels:
+            metrics = (self._metrics(self.job("evaluate", "clean model under the trigger")) if label == CLEAN_ROW
+                       else self._metrics(model_jobs[label]))
+            row = {"dataset": s.dataset, "arch": s.arch, "attack": s.attack, "model": label, "seed": s.seed,
+                   "clean_acc": metrics["test/clean_acc"], "asr": metrics["test/asr"], "ra": metrics["test/ra"],
+                   "der": None, "bec": backdoor_existence_coefficient(sims[label], sims[CLEAN_ROW]),
+                   "bec_minmax": minmax[label], "similarity": sims[label]}
             if label not in (CLEAN_ROW, BACKDOORED_ROW):
-                row["guaa_asr"] = self.reactivate(attack, art, label, use_trigger=False).metrics["test/asr"]
+                row["der"] = defense_effectiveness_rating(base["test/asr"], base["test/clean_acc"],
+                                                          metrics["test/asr"], metrics["test/clean_acc"])
+            for method in s.reactivations:
+                for kind, prefix in (("reactivation", "react"), ("guaa", "guaa")):
+                    job = by_id.get((kind, f"{method} vs {label}"))
+                    if job is None:
+                        continue
+                    m = self._metrics(job)
+                    row[f"{prefix}_asr:{method}"] = m["test/asr"]
+                    if prefix == "react":
+                        row[f"react_ra:{method}"] = m["test/ra"]
+                    for key, value in m.items():
+                        if key.startswith("test/asr@"):
+                            row[f"{prefix}_asr:{method}@{key.split('@', 1)[1]}"] = value
             rows.append(row)
         return rows
 
     def describe(self) -> dict:
-        return asdict(self.spec)
+        return self.spec.to_dict()
+

@@ -20,8 +20,14 @@ from lightning_modules.reactivation import REACTIVATIONS
 from lightning_modules.reactivation.norms import NORMS
 
 COLUMNS = [("model", "model"), ("clean_acc", "C-Acc"), ("asr", "ASR"), ("ra", "RA"), ("der", "DER"),
-           ("bec", "BEC"), ("bec_minmax", "BEC min-max"), ("similarity", "S raw"), ("react_asr", "re-act ASR"), ("react_ra", "re-act RA"),
-           ("guaa_asr", "gUAA ASR")]
+           ("bec", "BEC"), ("bec_minmax", "BEC min-max"), ("similarity", "S raw")]
+
+
+def method_columns(methods) -> list[tuple[str, str]]:
+    cols = []
+    for m in methods:
+        cols += [(f"react_asr:{m}", f"{m} ASR"), (f"react_ra:{m}", f"{m} RA"), (f"guaa_asr:{m}", f"{m} gUAA ASR")]
+    return cols
 
 
 def _json_dict(text: str) -> dict:
@@ -51,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     cell.add_argument("--poison-rate", type=float, default=0.1)
     cell.add_argument("--target-label", type=int, default=0)
     cell.add_argument("--clean-ratio", type=float, default=0.05, help="defender's clean subset, fraction of train")
-    cell.add_argument("--reactivation", default="wba", help=f"one of: {', '.join(REACTIVATIONS.names())}")
+    cell.add_argument("--reactivations", nargs="+", default=["wba"],
+                      help=f"any of: {', '.join(REACTIVATIONS.names())}")
     cell.add_argument("--epsilon", type=float, default=0.05, help="perturbation budget in [0,1] pixel units")
     cell.add_argument("--norm", default="linf", help=f"one of: {', '.join(NORMS)}")
     cell.add_argument("--bec-samples", type=int, default=500)
@@ -59,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     cell.add_argument("--trigger-params", type=_json_dict, default={}, help="JSON overrides of the attack's trigger")
     cell.add_argument("--defense-params", type=_json_dict, default={},
                       help="JSON {defense: {param: value}}, e.g. '{\"ft\": {\"epochs\": 20}}'")
-    cell.add_argument("--reactivation-params", type=_json_dict, default={}, help="JSON overrides, e.g. epochs")
+    cell.add_argument("--reactivation-params", type=_json_dict, default={},
+                      help="JSON {method: {param: value}}, e.g. '{\"wba\": {\"epochs\": 10}}'")
     cell.add_argument("--data-params", type=_json_dict, default={}, help="JSON extra data-module arguments")
     cell.add_argument("--data-dir", default="data", help="where datasets are looked for / downloaded")
     cell.add_argument("--store", default="store", help="artifact store directory")
@@ -73,12 +81,13 @@ def _fmt(value) -> str:
     return "–" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
-def results_table(rows: list[dict], title: str) -> Table:
+def results_table(rows: list[dict], title: str, methods) -> Table:
     table = Table(title=title)
-    for _, header in COLUMNS:
+    columns = COLUMNS + method_columns(methods)
+    for _, header in columns:
         table.add_column(header, justify="left" if header == "model" else "right")
     for row in rows:
-        table.add_row(*(_fmt(row.get(key)) for key, _ in COLUMNS))
+        table.add_row(*(_fmt(row.get(key)) for key, _ in columns))
     return table
 
 
@@ -89,7 +98,7 @@ def run_cell(args) -> int:
     spec = CellSpec(dataset=args.dataset, arch=args.arch, attack=args.attack, defenses=tuple(args.defenses),
                     seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     poison_rate=args.poison_rate, target_label=args.target_label, clean_ratio=args.clean_ratio,
-                    reactivation=args.reactivation, epsilon=args.epsilon, norm=args.norm,
+                    reactivations=tuple(args.reactivations), epsilon=args.epsilon, norm=args.norm,
                     bec_samples=args.bec_samples, bec_ratio=args.bec_ratio, trigger_params=args.trigger_params,
                     defense_params=args.defense_params, reactivation_params=args.reactivation_params,
                     data_params=args.data_params)
@@ -99,11 +108,14 @@ def run_cell(args) -> int:
     rows = cell.run()
     took = time.perf_counter() - start
     title = (f"{spec.dataset} / {spec.arch} / {spec.attack} / seed {spec.seed} — "
-             f"{spec.reactivation} at {spec.norm} eps={spec.epsilon}; {took:.0f} s")
+             f"re-activation at {spec.norm} eps={spec.epsilon}; {took:.0f} s")
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # logs and pipes: never truncate the table
-    console.print(results_table(rows, title))
+    console.print(results_table(rows, title, spec.reactivations))
+    console.print("C-Acc/ASR/RA of the clean row: the clean model under the trigger; its re-activation "
+                  "columns are the clean-model control. gUAA: the same optimisation on clean inputs.",
+                  style="dim")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"spec": cell.describe(), "rows": rows, "seconds": took}, indent=2))

@@ -9,7 +9,7 @@ torch.set_num_threads(2)
 # A cell small enough for the fast suite: synthetic 16x16 data, the small CNN,
 # a few epochs of everything.
 FAST_DEFENSE_PARAMS = {"ft": {"epochs": 2}, "nad": {"epochs": 2, "teacher_epochs": 1}}
-FAST_REACTIVATION = {"epochs": 2, "num_samples": 32, "batch_size": 16}
+FAST_REACTIVATION = {"wba": {"epochs": 2, "num_samples": 32, "batch_size": 16}}
 
 
 def fast_spec(**overrides) -> CellSpec:

@@ -15,10 +15,10 @@ def test_cell_end_to_end_then_served_from_store(make_cell, monkeypatch):
     assert by["clean"]["bec"] == pytest.approx(0.0) and by["backdoored"]["bec"] == pytest.approx(1.0)
     assert by["backdoored"]["bec_minmax"] == 1.0
     for r in rows:
-        for key in ("clean_acc", "asr", "ra", "react_asr", "react_ra"):
+        for key in ("clean_acc", "asr", "ra", "react_asr:wba", "react_ra:wba"):
             assert 0.0 <= r[key] <= 1.0
-    assert by["ft"]["der"] is not None and by["clean"]["guaa_asr"] is None
-    assert by["ft"]["guaa_asr"] is not None
+    assert by["ft"]["der"] is not None and "guaa_asr:wba" not in by["clean"]
+    assert 0.0 <= by["ft"]["guaa_asr:wba"] <= 1.0
 
     # Second run: nothing may train or evaluate again.
     def no_work(*args, **kwargs):
@@ -31,7 +31,7 @@ def test_cell_end_to_end_then_served_from_store(make_cell, monkeypatch):
 
 def test_attack_learns_backdoor_on_synthetic_data(make_cell):
     cell = make_cell(epochs=8)
-    attack = cell.attack_model().metrics
+    attack = cell.execute(cell.job("attack", "badnets")).metrics
     assert attack["test/asr"] > 0.9 and attack["test/clean_acc"] > 0.9
 
 
@@ -40,7 +40,9 @@ def test_attack_learns_backdoor_on_synthetic_data(make_cell):
     ({"attack": "trojan"}, UnknownNameError, "badnets"),
     ({"defenses": ("ft", "anp2")}, UnknownNameError, "nad"),
     ({"arch": "resnet1000"}, UnknownNameError, "small_cnn"),
-    ({"reactivation": "magic"}, UnknownNameError, "wba"),
+    ({"reactivations": ("magic",)}, UnknownNameError, "wba"),
+    ({"attack": "clean"}, ConfigError, "no trigger"),
+    ({"reactivation_params": {"wba": {"stepz": 3}}}, ConfigError, "re-activation 'wba'"),
     ({"poison_rate": 1.0}, ConfigError, "poison rate"),
     ({"poison_rate": 0.0}, ConfigError, "poison rate"),
     ({"epsilon": 0.0}, ConfigError, "epsilon"),
@@ -58,10 +60,10 @@ def test_bad_input_fails_before_any_work(make_cell, overrides, error, match, tmp
 
 def test_corrupted_weights_in_store_reported(make_cell):
     cell = make_cell(defenses=())
-    art = cell.clean_model()
+    art = cell.execute(cell.job("train", "clean model"))
     (art.path / "tensors.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(StoreError, match="delete that directory"):
-        make_cell(defenses=()).bec(art, art, art, "clean")
+        make_cell(defenses=()).load_model(art)
 
 
 def test_cli_help_lists_choices(capsys):
@@ -94,9 +96,9 @@ def test_cli_runs_a_synthetic_cell_and_writes_json(tmp_path, capsys):
     code = main(["cell", "--dataset", "synthetic", "--defenses", "ft", "--epochs", "2", "--no-progress",
                  "--store", str(tmp_path / "s"), "--data-dir", str(tmp_path / "d"), "--out", str(out),
                  "--defense-params", '{"ft": {"epochs": 1}}', "--bec-samples", "32",
-                 "--reactivation-params", '{"epochs": 1, "num_samples": 32, "batch_size": 16}'])
+                 "--reactivation-params", '{"wba": {"epochs": 1, "num_samples": 32, "batch_size": 16}}'])
     assert code == 0
     table = capsys.readouterr().out
-    assert "backdoored" in table and "re-act ASR" in table
+    assert "backdoored" in table and "wba ASR" in table
     rows = json.loads(out.read_text())["rows"]
     assert [r["model"] for r in rows] == ["clean", "backdoored", "ft"]

@@ -12,7 +12,7 @@ from lightning_modules.defenses import DEFENSES
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_defense_sees_only_clean_subset_and_never_the_trigger(name, make_cell, monkeypatch):
     cell = make_cell(defenses=(name,))
-    attack = cell.attack_model()
+    attack = cell.execute(cell.job("attack", "badnets"))
 
     served: list[tuple[torch.Tensor, torch.Tensor]] = []
     original_getitems = IndexedImages.__getitems__

@@ -46,7 +46,7 @@ def test_a_defense_lowers_asr_and_keeps_accuracy(rows):
 def test_backdoor_persists_and_reactivates_but_controls_do_not(rows):
     for d in _effective_defenses(rows):
         assert rows[d]["bec"] > 0.3, f"{d}: BEC {rows[d]['bec']:.3f}"
-        assert rows[d]["react_asr"] >= 0.5, f"{d}: re-activation ASR {rows[d]['react_asr']:.3f}"
-        assert rows[d]["guaa_asr"] <= 0.1, f"{d}: gUAA ASR {rows[d]['guaa_asr']:.3f}"
+        assert rows[d]["react_asr:wba"] >= 0.5, f"{d}: re-activation ASR {rows[d]['react_asr:wba']:.3f}"
+        assert rows[d]["guaa_asr:wba"] <= 0.1, f"{d}: gUAA ASR {rows[d]['guaa_asr:wba']:.3f}"
     # the clean-model control: WBA against f_C at the same epsilon
-    assert rows["clean"]["react_asr"] <= 0.1
+    assert rows["clean"]["react_asr:wba"] <= 0.1
