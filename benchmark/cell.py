@@ -27,6 +27,7 @@ from rich.console import Console
 
 from benchmark.bec import (backdoor_existence_coefficient, backdoor_similarity, min_max_bec,
                            rank_backdoor_channels, selected_features)
+from benchmark.controls import NOISE_LEVELS, mechanism_similarity, noise_robustness
 from benchmark.errors import ConfigError, StoreError
 from benchmark.metrics import defense_effectiveness_rating
 from benchmark.models import ImageClassifier, build_model
@@ -198,11 +199,14 @@ class Cell:
     def plan(self) -> list[StageJob]:
         """All jobs of this cell in dependency order."""
         s = self.spec
-        jobs: dict[str, StageJob] = {}
+        jobs: dict[str, StageJob] = {}      # by store id: a job shared by two roles runs once
+        by_label: dict[str, StageJob] = {}
 
         def add(job: StageJob) -> StageJob:
             job.cell = self.name
-            return jobs.setdefault(job.id, job)
+            job = jobs.setdefault(job.id, job)
+            by_label.setdefault(f"{job.kind}/{job.label}", job)
+            return job
 
         clean = add(self._train_job(None))
         attack = add(self._train_job(s.arch))
@@ -221,6 +225,13 @@ class Cell:
                     react = self._reactivation_job(method, attack, job, label, use_trigger, add)
                     if react is not None:
                         add(react)
+            for label in s.defenses:
+                rba, guaa = by_label.get(f"reactivation/{method} vs {label}"), by_label.get(f"guaa/{method} vs {label}")
+                if rba and guaa:
+                    add(StageJob("controls", f"{method} vs {label}",
+                                 {"noise_levels": list(NOISE_LEVELS), "samples": s.bec_samples, "seed": s.seed},
+                                 {"attack": attack, "model": models[label], "rba": rba, "guaa": guaa},
+                                 self._run_controls))
         return list(jobs.values())
 
     def job(self, kind: str, label: str) -> StageJob:
@@ -391,6 +402,24 @@ class Cell:
         return {"similarity": similarity, "per_layer": dict(zip(layers, per_layer)),
                 "channels_per_layer": {n: len(c) for n, c in channels.items()}}, None
 
+    def _run_controls(self, inputs) -> tuple[dict, None]:
+        """Noise robustness of OBA / RBA / gUAA and the CKA of their features."""
+        s = self.spec
+        f_a, f_d = self.load_model(inputs["attack"]), self.load_model(inputs["model"])
+        rba_delta, guaa_delta = inputs["rba"].tensors()["delta"], inputs["guaa"].tensors()["delta"]
+        poisoned = self.dm.poisoned_test_set(self.trigger, s.target_label)
+        clean = self.dm.non_target_clean_test_set(s.target_label)
+        clean_x = clean.images.float().div(255)
+        cases = {"OBA": (f_a, poisoned.images), "RBA": (f_d, (poisoned.images + rba_delta).clamp(0, 1)),
+                 "gUAA": (f_d, (clean_x + guaa_delta).clamp(0, 1))}
+        labels = {"OBA": poisoned.labels, "RBA": poisoned.labels, "gUAA": clean.labels}
+        metrics = {"noise_asr": noise_robustness(cases, labels, s.target_label, NOISE_LEVELS, s.seed)}
+        # CKA needs the same images in every case: the first `samples` non-target test images.
+        n = min(s.bec_samples, len(clean_x))
+        subset = {name: (model, images[:n]) for name, (model, images) in cases.items()}
+        metrics["feature_cka"] = mechanism_similarity(subset, f_a.bec_layers)
+        return metrics, None
+
     def _evaluate_delta(self, model, delta: torch.Tensor, use_trigger: bool) -> dict:
         s = self.spec
         eval_set = (self.dm.poisoned_test_set(self.trigger, s.target_label) if use_trigger
@@ -481,6 +510,14 @@ class Cell:
                     for key, value in m.items():
                         if key.startswith("test/asr@"):
                             row[f"{prefix}_asr:{method}@{key.split('@', 1)[1]}"] = value
+                controls = by_id.get(("controls", f"{method} vs {label}"))
+                if controls is not None:
+                    m = self._metrics(controls)
+                    for case, curve in m["noise_asr"].items():
+                        for level, value in curve.items():
+                            row[f"noise_asr:{method}:{case}@{level}"] = value
+                    for pair, value in m["feature_cka"].items():
+                        row[f"feature_cka:{method}:{pair}"] = value
             rows.append(row)
         return rows
 

@@ -81,7 +81,7 @@ def _qbra(model, budget=60, seed=0, **kw):
     params = dict(max_queries=budget, seed=seed, num_samples=48, batch_size=48, stop_asr=1.0,
                   curve=(20, 40, 60, 100), epsilon=EPS)
     params.update(kw)
-    return QueryReactivation.from_model(model, (1, 16, 16), 0, **params)
+    return QueryReactivation(QueryOracle(model, budget), (1, 16, 16), 0, **params)
 
 
 def test_qbra_respects_budget_and_records_curve():

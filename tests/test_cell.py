@@ -102,3 +102,47 @@ def test_cli_runs_a_synthetic_cell_and_writes_json(tmp_path, capsys):
     assert "backdoored" in table and "wba ASR" in table
     rows = json.loads(out.read_text())["rows"]
     assert [r["model"] for r in rows] == ["clean", "backdoored", "ft"]
+
+
+def test_black_box_methods_and_controls_in_a_cell(make_cell):
+    cell = make_cell(reactivations=("wba", "qbra", "tbra"), reactivation_params={
+        "wba": {"epochs": 1, "num_samples": 32, "batch_size": 16},
+        "qbra": {"max_queries": 40, "num_samples": 32, "batch_size": 32, "curve": (10, 40)},
+        "tbra": {"epochs": 1, "num_samples": 32, "batch_size": 16}})
+    kinds = [j.kind for j in cell.jobs]
+    assert kinds.count("controls") == 3 * 2  # every method x defense
+    rows = {r["model"]: r for r in cell.run()}
+    ft = rows["ft"]
+    for m in ("wba", "qbra", "tbra"):
+        assert 0.0 <= ft[f"react_asr:{m}"] <= 1.0 and 0.0 <= ft[f"guaa_asr:{m}"] <= 1.0
+        for case in ("OBA", "RBA", "gUAA"):
+            assert {f"noise_asr:{m}:{case}@{lvl}" for lvl in ("0", "0.03", "0.06", "0.09")} <= ft.keys()
+        assert 0.0 <= ft[f"feature_cka:{m}:OBA~RBA"] <= 1.0 + 1e-9
+    assert {"react_asr:qbra@10q", "react_asr:qbra@40q"} <= ft.keys()
+    # TBRA against ft crafts on the attacker's own nad model, and vice versa
+    tbra_ft = cell.job("reactivation", "tbra vs ft")
+    assert [r for r in tbra_ft.deps if r.startswith("surrogate:")] == ["surrogate:nad"]
+    qbra = cell.store.load("reactivation", cell.job("reactivation", "qbra vs ft").key).metrics
+    assert qbra["queries"] <= 40
+    # the clean and backdoored rows have no transfer victim
+    assert "react_asr:tbra" not in rows["clean"]
+
+
+@pytest.mark.parametrize("params,error,match", [
+    ({"tbra": {"surrogates": ["ft"]}}, ConfigError, "white-box re-activation, not transfer"),
+    ({"tbra": {"surrogates": ["anp9"]}}, UnknownNameError, "defense 'anp9'"),
+    ({"qbra": {"max_queries": 0}}, ConfigError, "max_queries"),
+    ({"wba": {"surrogates": ["ft"]}}, ConfigError, "only apply to transfer"),
+])
+def test_black_box_bad_input(make_cell, params, error, match):
+    with pytest.raises(error, match=match):
+        make_cell(reactivations=("wba", "qbra", "tbra"), reactivation_params=params)
+
+
+def test_cross_architecture_surrogates_are_planned(make_cell):
+    cell = make_cell(defenses=("ft",), reactivations=("tbra",),
+                     reactivation_params={"tbra": {"surrogates": ["ft"], "surrogate_arch": "timm:resnet10t"}})
+    job = cell.job("reactivation", "tbra vs ft")
+    surrogate = job.deps["surrogate:ft (timm:resnet10t)"]
+    assert surrogate.config["model"]["arch"] == "timm:resnet10t"
+    assert surrogate.deps["attack"].config["trigger"] == cell.trigger_config

@@ -9,7 +9,7 @@ sum_i -log p_t(x_i + delta) decreased. Stops at the query budget or once the
 batch ASR exceeds `stop_asr`. Snapshots of delta at the `curve` query counts
 give the ASR-vs-queries curve (`checkpoints()`).
 
-The runner gives it a `QueryOracle(victim, max_queries)` (see `from_model`);
+The runner gives it a `QueryOracle(victim, max_queries)`;
 the method never sees the victim itself.
 """
 from __future__ import annotations
@@ -64,11 +64,6 @@ class QueryReactivation(ReactivationModule):
         self.queries_used = 0
         self.stopped_early = False
         self._snapshots: dict[int, torch.Tensor] = {}
-
-    @classmethod
-    def from_model(cls, model, image_shape, target_label: int = 0, **params) -> "QueryReactivation":
-        """What the runner does: wrap the victim in an oracle with this run's budget."""
-        return cls(QueryOracle(model, params.get("max_queries", MAX_QUERIES)), image_shape, target_label, **params)
 
     def configure_optimizers(self):
         return None
