@@ -143,13 +143,15 @@ class StageJob:
 class Cell:
     def __init__(self, spec: CellSpec, store: ArtifactStore, data_dir: str | Path = "data",
                  accelerator: str = "auto", progress: bool = True, console: Console | None = None,
-                 trainers: TrainerFactory | None = None):
+                 trainers: TrainerFactory | None = None, datamodule=None):
         spec.validate()
         self.spec = spec
         self.store = store
         self.console = console or Console(stderr=True, quiet=not progress)
         self.trainers = trainers or TrainerFactory(accelerator, progress)
-        self.dm = build_datamodule(spec.dataset, data_dir=data_dir, batch_size=spec.batch_size, **spec.data_params)
+        # A grid passes one loaded data module to all cells of a dataset.
+        self.dm = datamodule or build_datamodule(spec.dataset, data_dir=data_dir, batch_size=spec.batch_size,
+                                                 **spec.data_params)
         self.dm.setup()
         self.dm.check_target(spec.target_label)
         preset = ATTACKS.get(spec.attack)
@@ -204,8 +206,9 @@ class Cell:
 
         def add(job: StageJob) -> StageJob:
             job.cell = self.name
+            label = f"{job.kind}/{job.label}"
             job = jobs.setdefault(job.id, job)
-            by_label.setdefault(f"{job.kind}/{job.label}", job)
+            by_label.setdefault(label, job)  # an aliased label finds the job that runs
             return job
 
         clean = add(self._train_job(None))
@@ -214,7 +217,9 @@ class Cell:
                      {"model": clean, "attack": attack}, self._run_evaluate))
         models = {CLEAN_ROW: clean, BACKDOORED_ROW: attack}
         for name in s.defenses:
-            models[name] = add(self._defense_job(name, attack))
+            # "none" is f_A itself: alias the attack job instead of copying the
+            # weights, so its re-activation runs are the backdoored row's.
+            models[name] = attack if name == "none" else add(self._defense_job(name, attack))
         for label, job in models.items():
             add(self._bec_job(attack, clean, job, label))
         for method in s.reactivations:
@@ -232,13 +237,14 @@ class Cell:
                                  {"noise_levels": list(NOISE_LEVELS), "samples": s.bec_samples, "seed": s.seed},
                                  {"attack": attack, "model": models[label], "rba": rba, "guaa": guaa},
                                  self._run_controls))
+        self._by_label = by_label
         return list(jobs.values())
 
     def job(self, kind: str, label: str) -> StageJob:
-        for j in self.jobs:
-            if j.kind == kind and j.label == label:
-                return j
-        raise KeyError(f"no {kind} job {label!r} in {self.name}")
+        try:
+            return self._by_label[f"{kind}/{label}"]
+        except KeyError:
+            raise KeyError(f"no {kind} job {label!r} in {self.name}") from None
 
     def _train_job(self, arch: str | None) -> StageJob:
         """arch None: the clean model f_C (no trigger); else f_A of that arch."""
@@ -261,7 +267,8 @@ class Cell:
 
     def _bec_job(self, attack: StageJob, clean: StageJob, other: StageJob, label: str) -> StageJob:
         s = self.spec
-        config = {"samples": s.bec_samples, "channel_ratio": s.bec_ratio, "seed": s.seed}
+        layers = self.new_model(attack.config["model"]).bec_layers
+        config = {"samples": s.bec_samples, "channel_ratio": s.bec_ratio, "seed": s.seed, "layers": layers}
         return StageJob("bec", f"S(f_A, {label})", config, {"attack": attack, "clean": clean, "model": other},
                         self._run_bec)
 
@@ -482,11 +489,11 @@ class Cell:
         s = self.spec
         labels = [CLEAN_ROW, BACKDOORED_ROW, *s.defenses]
         model_jobs = {CLEAN_ROW: self.job("train", "clean model"), BACKDOORED_ROW: self.job("attack", s.attack)}
-        model_jobs.update({d: self.job("defense", d) for d in s.defenses})
+        model_jobs.update({d: model_jobs[BACKDOORED_ROW] if d == "none" else self.job("defense", d)
+                           for d in s.defenses})
         sims = {label: self._metrics(self.job("bec", f"S(f_A, {label})"))["similarity"] for label in labels}
         minmax = min_max_bec(sims, CLEAN_ROW, BACKDOORED_ROW)
         base = self._metrics(model_jobs[BACKDOORED_ROW])
-        by_id = {(j.kind, j.label): j for j in self.jobs}
         rows = []
         for label in labels:
             metrics = (self._metrics(self.job("evaluate", "clean model under the trigger")) if label == CLEAN_ROW
@@ -500,7 +507,7 @@ class Cell:
                                                           metrics["test/asr"], metrics["test/clean_acc"])
             for method in s.reactivations:
                 for kind, prefix in (("reactivation", "react"), ("guaa", "guaa")):
-                    job = by_id.get((kind, f"{method} vs {label}"))
+                    job = self._by_label.get(f"{kind}/{method} vs {label}")
                     if job is None:
                         continue
                     m = self._metrics(job)
@@ -510,7 +517,7 @@ class Cell:
                     for key, value in m.items():
                         if key.startswith("test/asr@"):
                             row[f"{prefix}_asr:{method}@{key.split('@', 1)[1]}"] = value
-                controls = by_id.get(("controls", f"{method} vs {label}"))
+                controls = self._by_label.get(f"controls/{method} vs {label}")
                 if controls is not None:
                     m = self._metrics(controls)
                     for case, curve in m["noise_asr"].items():

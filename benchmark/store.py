@@ -100,7 +100,9 @@ class ArtifactStore:
         final = self.path(kind, key)
         tmp_root = self.root / ".tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{kind}-{key}-", dir=tmp_root))
+        # The writer's pid in the name lets `remove_stale_temporaries` tell a
+        # killed writer's leftovers from a live one's work in progress.
+        tmp = Path(tempfile.mkdtemp(prefix=f"{kind}-{key}-{os.getpid()}-", dir=tmp_root))
         meta = {"kind": kind, "key": key, "config": config, "inputs": inputs, "metrics": metrics,
                 "code_salt": CODE_SALT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {})}
         try:
@@ -119,6 +121,22 @@ class ArtifactStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return self.load(kind, key)
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete half-written directories left by writers that no longer run."""
+        removed = 0
+        for tmp in (self.root / ".tmp").glob("*-*-*-*"):
+            try:
+                pid = int(tmp.name.split("-")[2])
+                os.kill(pid, 0)
+                continue  # still writing
+            except ProcessLookupError:
+                pass
+            except (ValueError, IndexError, PermissionError):
+                continue  # not ours to judge
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed += 1
+        return removed
 
     def get_or_run(self, kind: str, config: dict, inputs: dict[str, str],
                    run: Callable[[], tuple[dict, dict[str, torch.Tensor] | None]]) -> tuple[Artifact, bool]:

@@ -26,6 +26,8 @@ class TrainerFactory:
     def __init__(self, accelerator: str = "auto", progress: bool = True, precision: str | None = None):
         self.accelerator = accelerator
         self.progress = progress
+        #: a Lightning logger for training runs (the sweep worker sets a W&B one)
+        self.logger = None
         cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         # bf16 autocast on GPUs; full precision on the CPU where bf16 is slow.
         self.precision = precision or ("bf16-mixed" if cuda else "32-true")
@@ -33,18 +35,19 @@ class TrainerFactory:
         if cuda:
             torch.set_float32_matmul_precision("high")
 
-    def trainer(self, max_epochs: int = 1) -> L.Trainer:
+    def trainer(self, max_epochs: int = 1, log: bool = False) -> L.Trainer:
         callbacks = []
         if self.progress:
             from lightning.pytorch.callbacks import RichProgressBar
             callbacks.append(RichProgressBar(leave=False))
         return L.Trainer(accelerator=self.accelerator, devices=1, max_epochs=max_epochs,
-                         precision=self.precision, logger=False, enable_checkpointing=False,
+                         precision=self.precision, logger=(self.logger or False) if log else False,
+                         enable_checkpointing=False, log_every_n_steps=10,
                          enable_model_summary=False, enable_progress_bar=self.progress,
                          num_sanity_val_steps=0, callbacks=callbacks)
 
     def fit(self, module: L.LightningModule, loader, epochs: int) -> None:
-        self.trainer(max_epochs=epochs).fit(module, train_dataloaders=loader)
+        self.trainer(max_epochs=epochs, log=True).fit(module, train_dataloaders=loader)
 
     def evaluate(self, module: BackdoorStage, clean_loader=None, poisoned_loader=None) -> dict[str, float]:
         roles, loaders = [], []

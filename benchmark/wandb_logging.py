@@ -62,8 +62,8 @@ def _tags(config: dict) -> list[str]:
 
 def stage_logger(*, project: str, save_dir: Path, cell: str, kind: str, label: str, run_config: dict):
     """A Lightning WandbLogger for one stage run, or None when W&B is disabled.
-    The run starts lazily on first use (Lightning's behaviour), so a stage
-    that fails before logging leaves nothing behind."""
+    The run starts when the Trainer first touches it (Lightning's behaviour),
+    so a stage that fails before fitting leaves no empty run behind."""
     mode = wandb_mode()
     if mode == "disabled":
         return None
@@ -110,11 +110,14 @@ def finish_stage(logger, metrics: dict) -> None:
 
 
 def _cell(value: Any):
-    """A W&B table cell: scalars as they are, everything else as JSON text."""
-    if value is None or isinstance(value, (bool, int, str)):
+    """A W&B table cell: scalars as plain Python values (numpy ones included),
+    NaN/inf as None (JSON has neither), everything else as JSON text."""
+    if value is None or isinstance(value, (bool, str)):
         return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value) if math.isfinite(value) else None
     return json.dumps(value, default=str)
 
 

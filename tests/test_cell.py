@@ -146,3 +146,13 @@ def test_cross_architecture_surrogates_are_planned(make_cell):
     surrogate = job.deps["surrogate:ft (timm:resnet10t)"]
     assert surrogate.config["model"]["arch"] == "timm:resnet10t"
     assert surrogate.deps["attack"].config["trigger"] == cell.trigger_config
+
+
+def test_none_defense_is_the_backdoored_model(make_cell):
+    cell = make_cell(defenses=("none", "ft"))
+    assert not [j for j in cell.jobs if j.kind == "defense" and j.label == "none"]
+    assert cell.job("reactivation", "wba vs none") is cell.job("reactivation", "wba vs backdoored")
+    rows = {r["model"]: r for r in cell.run()}
+    assert rows["none"]["asr"] == rows["backdoored"]["asr"] and rows["none"]["bec"] == pytest.approx(1.0)
+    assert rows["none"]["der"] == pytest.approx(0.5)
+    assert "guaa_asr:wba" in rows["none"]

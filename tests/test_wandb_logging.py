@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import lightning as L
@@ -45,6 +46,19 @@ def read_records(path: Path) -> list:
             records.append(record)
             chunk = b""
     return records
+
+
+def finished_records(run_dir: Path, timeout: float = 30.0) -> list:
+    """The run's records once its exit record is on disk: wandb-core writes the
+    transaction log asynchronously, so finish() can return a few milliseconds
+    before the file is complete (at process exit the service is drained)."""
+    (path,) = run_dir.glob("*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)
 
 
 def parsed(records, kind: str) -> list[dict]:
@@ -111,8 +125,7 @@ def stage_run(tmp_path_factory):
         wl.finish_stage(logger, {"test/asr": 0.5, "test/clean_acc": torch.tensor(0.9),
                                  "bec": {"score": 0.25}, "note": "not a number"})
         (run_dir,) = run_dirs(save_dir)
-        (log,) = run_dir.glob("*.wandb")
-        yield run_dir, read_records(log)
+        yield run_dir, finished_records(run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +142,12 @@ def summary_run(tmp_path_factory):
         png = tmp / "bec_vs_asr.png"
         fig.savefig(png)
         plt.close(fig)
-        rows = [{"dataset": "fashion_mnist", "test/asr": 0.9, "curve": [1, 2]}, {"dataset": "cifar10", "extra": "x"}]
+        rows = [{"dataset": "fashion_mnist", "test/asr": 0.9, "curve": [1, 2]}, {"dataset": "cifar10", "extra": "x", "test/asr": float("nan")}]
         summary = [{"dataset": "fashion_mnist", "test/asr_mean": 0.9, "test/asr_std": None}]
         run_dir = wl.log_summary(project="bench-test", save_dir=tmp / "runs", grid_name="grid-a", rows=rows,
                                  summary_rows=summary, figures={"bec_vs_asr": png, "csv": tmp / "results.csv"})
-        (log,) = Path(run_dir).glob("*.wandb")
-        yield Path(run_dir), read_records(log)
+        assert Path(run_dir) in run_dirs(tmp / "runs")
+        yield Path(run_dir), finished_records(Path(run_dir))
 
 
 def test_stage_run_records_history_summary_and_config(stage_run):

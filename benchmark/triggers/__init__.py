@@ -8,7 +8,13 @@ from benchmark.triggers import badnets, blended  # noqa: E402,F401  (registers)
 
 
 def build_trigger(name: str, image_shape: tuple[int, int, int], **params) -> Trigger:
-    return TRIGGERS.get(name)(image_shape, **params)
+    cls = TRIGGERS.get(name)
+    try:
+        return cls(image_shape, **params)
+    except TypeError as exc:
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"bad parameter for trigger {name!r}: {exc}") from None
 
 
 __all__ = ["Trigger", "TRIGGERS", "build_trigger"]

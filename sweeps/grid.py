@@ -1,0 +1,153 @@
+"""Grid files: YAML naming datasets, architectures, attacks, defenses,
+re-activation methods and seeds, plus per-stage settings. A grid expands into
+one `CellSpec` per dataset x arch x attack x seed; every name and value is
+checked before anything runs.
+
+    name: demo
+    datasets: [fashion_mnist]
+    archs: [small_cnn]
+    attacks: [badnets, blended]        # or: all
+    defenses: [none, ft, nad]          # or: all
+    reactivations: [wba]               # or: all
+    seeds: [0]
+    cell: {epochs: 3, epsilon: 0.05}   # any other CellSpec field
+    attack_params: {badnets: {size: 4}}  # trigger overrides per attack
+    defense_params: {ft: {epochs: 20}}
+    reactivation_params: {wba: {epochs: 10}}
+    executor: {jobs_per_gpu: 1, cpu_workers: 1}
+    store: store                       # artifact store (shared by grids)
+    output: runs/demo                  # report, logs, W&B runs
+    data_dir: data
+    wandb_project: backdoor-reactivation
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from benchmark.cell import CellSpec
+from benchmark.errors import ConfigError
+from lightning_modules.attacks import ATTACKS
+from lightning_modules.defenses import DEFENSES
+from lightning_modules.reactivation import REACTIVATIONS
+
+GRIDDED = ("dataset", "arch", "attack", "seed", "defenses", "reactivations", "defense_params",
+           "reactivation_params", "trigger_params")
+CELL_FIELDS = [f.name for f in dataclasses.fields(CellSpec) if f.name not in GRIDDED]
+EXECUTOR_FIELDS = {"jobs_per_gpu": 1, "cpu_workers": 1}
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    datasets: list[str]
+    archs: list[str]
+    attacks: list[str]
+    defenses: list[str]
+    reactivations: list[str]
+    seeds: list[int]
+    cell: dict = field(default_factory=dict)
+    attack_params: dict = field(default_factory=dict)
+    defense_params: dict = field(default_factory=dict)
+    reactivation_params: dict = field(default_factory=dict)
+    executor: dict = field(default_factory=lambda: dict(EXECUTOR_FIELDS))
+    store: Path = Path("store")
+    output: Path = Path("runs")
+    data_dir: Path = Path("data")
+    wandb_project: str = "backdoor-reactivation"
+
+    def cells(self) -> list[CellSpec]:
+        specs = []
+        for dataset in self.datasets:
+            for arch in self.archs:
+                for attack in self.attacks:
+                    for seed in self.seeds:
+                        spec = CellSpec(dataset=dataset, arch=arch, attack=attack, seed=seed,
+                                        defenses=tuple(self.defenses), reactivations=tuple(self.reactivations),
+                                        defense_params=self.defense_params,
+                                        trigger_params=self.attack_params.get(attack, {}),
+                                        reactivation_params=self.reactivation_params, **self.cell)
+                        spec.validate()
+                        specs.append(spec)
+        return specs
+
+
+def _names(raw: dict, key: str, registry, path: Path, exclude=()) -> list[str]:
+    value = raw.get(key)
+    everything = [n for n in registry.names() if n not in exclude]
+    if value == "all":
+        return everything
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: '{key}' must be a non-empty list of names or 'all' "
+                          f"(choices: {', '.join(everything)})")
+    for name in value:
+        registry.get(name)  # unknown -> UnknownNameError listing the choices
+    return value
+
+
+def _plain_list(raw: dict, key: str, path: Path, kind=str) -> list:
+    value = raw.get(key)
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, kind) and not isinstance(v, bool)
+                                                           for v in value):
+        raise ConfigError(f"{path}: '{key}' must be a non-empty list of {kind.__name__}s")
+    return value
+
+
+def load_grid(path: str | Path) -> Grid:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"grid file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a grid file is a YAML mapping (see sweeps/demo.yaml)")
+    allowed = {f.name for f in dataclasses.fields(Grid)} - {"path"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+    from datamodules import DATASETS
+
+    datasets = _names(raw, "datasets", DATASETS, path)
+    archs = _plain_list(raw, "archs", path)
+    seeds = _plain_list(raw, "seeds", path, int)
+    if any(s < 0 for s in seeds):
+        raise ConfigError(f"{path}: seeds must be non-negative, got {seeds}")
+    attacks = _names(raw, "attacks", ATTACKS, path, exclude=("clean",))
+    defenses = _names(raw, "defenses", DEFENSES, path)
+    reactivations = _names(raw, "reactivations", REACTIVATIONS, path)
+    cell = raw.get("cell") or {}
+    if not isinstance(cell, dict) or set(cell) - set(CELL_FIELDS):
+        raise ConfigError(f"{path}: 'cell' accepts {', '.join(CELL_FIELDS)}; got {sorted(cell)}")
+    executor = {**EXECUTOR_FIELDS, **(raw.get("executor") or {})}
+    if set(executor) - set(EXECUTOR_FIELDS):
+        raise ConfigError(f"{path}: 'executor' accepts {', '.join(EXECUTOR_FIELDS)}")
+    for key, value in executor.items():
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{path}: executor.{key} must be a positive integer, got {value!r}")
+    for key, registry in (("attack_params", ATTACKS), ("defense_params", DEFENSES),
+                          ("reactivation_params", REACTIVATIONS)):
+        value = raw.get(key) or {}
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise ConfigError(f"{path}: '{key}' maps a method name to its parameters")
+        for name in value:
+            registry.get(name)
+    name = str(raw.get("name") or path.stem)
+    grid = Grid(name=name, path=path, datasets=datasets, archs=archs, attacks=attacks, defenses=defenses,
+                reactivations=reactivations, seeds=seeds, cell=cell, attack_params=raw.get("attack_params") or {},
+                defense_params=raw.get("defense_params") or {},
+                reactivation_params=raw.get("reactivation_params") or {}, executor=executor,
+                store=Path(raw.get("store", "store")), output=Path(raw.get("output", f"runs/{name}")),
+                data_dir=Path(raw.get("data_dir", "data")),
+                wandb_project=str(raw.get("wandb_project", "backdoor-reactivation")))
+    grid.cells()  # every value checked now, before any job
+    return grid
