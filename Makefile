@@ -12,10 +12,12 @@ STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= data
 STORE ?= store
 
-.PHONY: help install test test-slow demo fashion-mnist clean-store
+GRID ?= sweeps/demo.yaml
+
+.PHONY: help install test test-slow demo cell sweep sweep-cifar10 report wandb-sync fashion-mnist clean-store
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create $(VENV) and install the suite with its dependencies
 
@@ -32,9 +34,24 @@ test: install ## fast test suite (CPU, synthetic data, a few minutes)
 test-slow: install fashion-mnist ## science tests on real Fashion-MNIST (slow)
 	$(PY) -m pytest -q -m slow --override-ini="addopts="
 
-demo: install fashion-mnist ## one benchmark cell on Fashion-MNIST on the CPU: BadNets vs FT and NAD, BEC, re-activation
+demo: install fashion-mnist ## the demo grid on Fashion-MNIST (CPU, minutes): BadNets and Blended x none/FT/NAD, BEC, WBA, report
+	$(PY) -m sweeps run sweeps/demo.yaml
+
+cell: install fashion-mnist ## one cell on Fashion-MNIST: BadNets vs FT and NAD at their defaults, BEC, WBA
 	$(PY) -m benchmark cell --dataset fashion_mnist --arch small_cnn --attack badnets --defenses ft nad \
-		--epochs 3 --seed 0 --data-dir $(DATA_DIR) --store $(STORE) --out runs/demo/cell.json
+		--epochs 3 --seed 0 --data-dir $(DATA_DIR) --store $(STORE) --out runs/cell/cell.json
+
+sweep: install ## run any grid: make sweep GRID=sweeps/<grid>.yaml (resumable; DRY=1 lists the jobs only)
+	$(PY) -m sweeps run $(GRID) $(if $(DRY),--dry-run,)
+
+sweep-cifar10: install ## the paper's CIFAR-10 grid on every GPU (CIFAR-10 under DATA_DIR=$(DATA_DIR))
+	$(PY) -m sweeps run sweeps/cifar10.yaml --data-dir $(DATA_DIR)
+
+report: install ## rewrite a grid's report from the store: make report GRID=sweeps/<grid>.yaml
+	$(PY) -m sweeps report $(GRID)
+
+wandb-sync: install ## upload a grid's offline W&B runs: make wandb-sync GRID=sweeps/<grid>.yaml
+	$(PY) -m sweeps wandb-sync $(GRID)
 
 fashion-mnist: ## install Debian's dataset-fashion-mnist when it is missing and apt is usable (else torchvision downloads it)
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \

@@ -484,8 +484,17 @@ class Cell:
     def _metrics(self, job: StageJob) -> dict:
         return self.store.load(job.kind, job.key).metrics
 
+    def _metrics_if_run(self, job: StageJob | None) -> dict | None:
+        """Optional columns (re-activation, controls) may be missing when such
+        a job failed or was not run; the row simply lacks them."""
+        if job is None or not self.store.has(job.kind, job.key):
+            return None
+        return self._metrics(job)
+
     def rows(self) -> list[dict]:
-        """One row per model of the cell, read from the store."""
+        """One row per model of the cell, read from the store. The models and
+        their BEC must be there (StoreError otherwise); re-activation and
+        control columns appear for the jobs that have run."""
         s = self.spec
         labels = [CLEAN_ROW, BACKDOORED_ROW, *s.defenses]
         model_jobs = {CLEAN_ROW: self.job("train", "clean model"), BACKDOORED_ROW: self.job("attack", s.attack)}
@@ -507,19 +516,17 @@ class Cell:
                                                           metrics["test/asr"], metrics["test/clean_acc"])
             for method in s.reactivations:
                 for kind, prefix in (("reactivation", "react"), ("guaa", "guaa")):
-                    job = self._by_label.get(f"{kind}/{method} vs {label}")
-                    if job is None:
+                    m = self._metrics_if_run(self._by_label.get(f"{kind}/{method} vs {label}"))
+                    if m is None:
                         continue
-                    m = self._metrics(job)
                     row[f"{prefix}_asr:{method}"] = m["test/asr"]
                     if prefix == "react":
                         row[f"react_ra:{method}"] = m["test/ra"]
                     for key, value in m.items():
                         if key.startswith("test/asr@"):
                             row[f"{prefix}_asr:{method}@{key.split('@', 1)[1]}"] = value
-                controls = self._by_label.get(f"controls/{method} vs {label}")
-                if controls is not None:
-                    m = self._metrics(controls)
+                m = self._metrics_if_run(self._by_label.get(f"controls/{method} vs {label}"))
+                if m is not None:
                     for case, curve in m["noise_asr"].items():
                         for level, value in curve.items():
                             row[f"noise_asr:{method}:{case}@{level}"] = value
