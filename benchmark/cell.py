@@ -234,7 +234,8 @@ class Cell:
                 rba, guaa = by_label.get(f"reactivation/{method} vs {label}"), by_label.get(f"guaa/{method} vs {label}")
                 if rba and guaa:
                     add(StageJob("controls", f"{method} vs {label}",
-                                 {"noise_levels": list(NOISE_LEVELS), "samples": s.bec_samples, "seed": s.seed},
+                                 {"noise_levels": list(NOISE_LEVELS), "samples": s.bec_samples, "seed": s.seed,
+                                  "features": "TAC-ranked channels of the BEC layers", "channel_ratio": s.bec_ratio},
                                  {"attack": attack, "model": models[label], "rba": rba, "guaa": guaa},
                                  self._run_controls))
         self._by_label = by_label
@@ -423,8 +424,9 @@ class Cell:
         metrics = {"noise_asr": noise_robustness(cases, labels, s.target_label, NOISE_LEVELS, s.seed)}
         # CKA needs the same images in every case: the first `samples` non-target test images.
         n = min(s.bec_samples, len(clean_x))
-        subset = {name: (model, images[:n]) for name, (model, images) in cases.items()}
-        metrics["feature_cka"] = mechanism_similarity(subset, f_a.bec_layers)
+        channels = rank_backdoor_channels(f_a, f_a.bec_layers, clean_x[:n], poisoned.images[:n], s.bec_ratio)
+        metrics["feature_cka"] = mechanism_similarity(
+            {name: selected_features(model, channels, images[:n]) for name, (model, images) in cases.items()})
         return metrics, None
 
     def _evaluate_delta(self, model, delta: torch.Tensor, use_trigger: bool) -> dict:
