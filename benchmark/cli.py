@@ -91,6 +91,13 @@ def results_table(rows: list[dict], title: str, methods) -> Table:
     return table
 
 
+def table_console() -> Console:
+    """The terminal's console, or a wide one for logs and pipes, where rich
+    would otherwise wrap the table to 80 columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=240)
+
+
 def run_cell(args) -> int:
     from benchmark.cell import Cell, CellSpec
     from benchmark.store import ArtifactStore
@@ -109,9 +116,7 @@ def run_cell(args) -> int:
     took = time.perf_counter() - start
     title = (f"{spec.dataset} / {spec.arch} / {spec.attack} / seed {spec.seed} — "
              f"re-activation at {spec.norm} eps={spec.epsilon}; {took:.0f} s")
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # logs and pipes: never truncate the table
+    console = table_console()
     console.print(results_table(rows, title, spec.reactivations))
     console.print("C-Acc/ASR/RA of the clean row: the clean model under the trigger; its re-activation "
                   "columns are the clean-model control. gUAA: the same optimisation on clean inputs.",

@@ -97,10 +97,10 @@ def _dispatch(args, console: Console) -> int:
 
 
 def _print_table(graph, console: Console) -> None:
-    from benchmark.cli import results_table
+    from benchmark.cli import results_table, table_console
     from benchmark.errors import StoreError
 
-    plain = Console(width=200) if not Console().is_terminal else Console()
+    plain = table_console()
     for cell in graph.cells:
         try:
             rows = cell.rows()
