@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from benchmark.errors import DataNotFoundError
 from datamodules import DATASETS

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from benchmark.errors import ConfigError, UnknownNameError
-from benchmark.store import ArtifactStore
 from sweeps.__main__ import main as sweeps_main
 from sweeps.graph import build_graph
 from sweeps.grid import load_grid
