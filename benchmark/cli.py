@@ -110,8 +110,9 @@ def run_cell(args) -> int:
                     defense_params=args.defense_params, reactivation_params=args.reactivation_params,
                     data_params=args.data_params)
     start = time.perf_counter()
-    cell = Cell(spec, ArtifactStore(args.store), data_dir=args.data_dir, accelerator=args.accelerator,
-                progress=not args.no_progress)
+    store = ArtifactStore(args.store)
+    store.remove_stale_temporaries()  # what an interrupted earlier run left half-written
+    cell = Cell(spec, store, data_dir=args.data_dir, accelerator=args.accelerator, progress=not args.no_progress)
     rows = cell.run()
     took = time.perf_counter() - start
     title = (f"{spec.dataset} / {spec.arch} / {spec.attack} / seed {spec.seed} — "
