@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -163,6 +164,15 @@ class Cell:
         # Planning builds every stage module once on a throw-away model, so a
         # bad parameter or name fails now, before hours of training.
         self.jobs = self.plan()
+
+    # The evaluation sets, built once per cell: every stage evaluates on them.
+    @cached_property
+    def poisoned_test(self):
+        return self.dm.poisoned_test_set(self.trigger, self.spec.target_label)
+
+    @cached_property
+    def clean_non_target_test(self):
+        return self.dm.non_target_clean_test_set(self.spec.target_label)
 
     @property
     def name(self) -> str:
@@ -356,7 +366,7 @@ class Cell:
         stage = BackdoorStage(model, self.dm.num_classes, self.spec.target_label)
         return self.trainers.evaluate(
             stage, self.dm.loader(self.dm.clean_test_set()) if clean else None,
-            self.dm.loader(self.dm.poisoned_test_set(self.trigger, self.spec.target_label)) if poisoned else None)
+            self.dm.loader(self.poisoned_test) if poisoned else None)
 
     def _train_model(self, model_spec: dict, trigger) -> tuple[dict, dict]:
         L.seed_everything(self.spec.seed, workers=True, verbose=False)
@@ -415,8 +425,8 @@ class Cell:
         s = self.spec
         f_a, f_d = self.load_model(inputs["attack"]), self.load_model(inputs["model"])
         rba_delta, guaa_delta = inputs["rba"].tensors()["delta"], inputs["guaa"].tensors()["delta"]
-        poisoned = self.dm.poisoned_test_set(self.trigger, s.target_label)
-        clean = self.dm.non_target_clean_test_set(s.target_label)
+        poisoned = self.poisoned_test
+        clean = self.clean_non_target_test
         clean_x = clean.images.float().div(255)
         cases = {"OBA": (f_a, poisoned.images), "RBA": (f_d, (poisoned.images + rba_delta).clamp(0, 1)),
                  "gUAA": (f_d, (clean_x + guaa_delta).clamp(0, 1))}
@@ -431,8 +441,8 @@ class Cell:
 
     def _evaluate_delta(self, model, delta: torch.Tensor, use_trigger: bool) -> dict:
         s = self.spec
-        eval_set = (self.dm.poisoned_test_set(self.trigger, s.target_label) if use_trigger
-                    else self.dm.non_target_clean_test_set(s.target_label))
+        eval_set = (self.poisoned_test if use_trigger
+                    else self.clean_non_target_test)
         stage = DeltaEvaluation(model, self.dm.num_classes, s.target_label, delta)
         return self.trainers.evaluate(stage, poisoned_loader=self.dm.loader(eval_set))
 
