@@ -10,8 +10,11 @@ class ImageClassifier(nn.Module):
 
     The backbone declares two lists of its own module names:
     `bec_layers` (block-internal convolutions whose outputs BEC compares) and
-    `attention_layers` (stage outputs that NAD distils). Here they are
-    prefixed with ``backbone.`` so they resolve against this module.
+    `attention_layers` (stage outputs that NAD distils), and it names its
+    classifier head (`head_layer`, a Linear) and the (convolution, BatchNorm)
+    pairs where the BatchNorm normalises exactly that convolution's output
+    (`conv_bn_pairs`, for CLP). Here they are prefixed with ``backbone.`` so
+    they resolve against this module.
     """
 
     def __init__(self, backbone: nn.Module, mean, std):
@@ -31,3 +34,15 @@ class ImageClassifier(nn.Module):
     @property
     def attention_layers(self) -> list[str]:
         return [f"backbone.{name}" for name in self.backbone.attention_layers]
+
+    @property
+    def head_layer(self) -> str | None:
+        head = getattr(self.backbone, "head_layer", None)
+        return f"backbone.{head}" if head else None
+
+    @property
+    def conv_bn_pairs(self) -> list[tuple[str, str]]:
+        return [(f"backbone.{c}", f"backbone.{b}") for c, b in getattr(self.backbone, "conv_bn_pairs", [])]
+
+    def submodule(self, name: str) -> nn.Module:
+        return self.get_submodule(name)

@@ -1,6 +1,9 @@
 """PreAct-ResNet18 (He et al. 2016, identity mappings), the paper's victim.
 
-CIFAR-style stem (3x3 conv, no pooling); the same layout BackdoorBench uses.
+CIFAR-style stem (3x3 conv, no pooling), then four stages of pre-activation
+blocks, global average pooling and a linear head: the layout of BackdoorBench's
+`models/preact_resnet.py` (PreActResNet18), which has no BatchNorm + ReLU after
+the last stage, so the 512 pooled features can be negative.
 """
 from __future__ import annotations
 
@@ -33,8 +36,18 @@ class PreActResNet18(nn.Module):
     # The 16 block-internal 3x3 convolutions (stem and 1x1 shortcuts excluded),
     # as PAPER.md defines the BEC layers for this architecture.
     bec_layers = [f"layer{s}.{b}.conv{c}" for s in range(1, 5) for b in range(2) for c in (1, 2)]
-    # NAD distils the outputs of the last three stages (BackdoorBench: beta1..3).
-    attention_layers = ["layer2", "layer3", "layer4"]
+    # NAD distils the outputs of layer3 and layer4 (BackdoorBench's defense/nad.py
+    # cuts the children at [:-3] and [:-2]; its third, avgpool term is a 1x1
+    # map whose normalised attention is 1 and whose loss is therefore 0).
+    attention_layers = ["layer3", "layer4"]
+    # The classifier head (FP hooks its input, FST re-initialises it).
+    head_layer = "linear"
+    # (convolution, the BatchNorm that normalises exactly its output): in a
+    # pre-activation block only conv1 -> bn2 is such a pair. conv2's output is
+    # summed with the shortcut before the next block's bn1, so pairing by
+    # registration order (what CLP's reference code does) would match bn1 with
+    # the previous conv2 or with a 1x1 shortcut conv, which is wrong.
+    conv_bn_pairs = [(f"layer{s}.{b}.conv1", f"layer{s}.{b}.bn2") for s in range(1, 5) for b in range(2)]
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
@@ -44,7 +57,6 @@ class PreActResNet18(nn.Module):
         self.layer2 = self._make_layer(128, 2, 2)
         self.layer3 = self._make_layer(256, 2, 2)
         self.layer4 = self._make_layer(512, 2, 2)
-        self.bn = nn.BatchNorm2d(512)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(512, num_classes)
 
@@ -58,5 +70,4 @@ class PreActResNet18(nn.Module):
     def forward(self, x):
         out = self.conv1(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.relu(self.bn(out))
         return self.linear(self.avgpool(out).flatten(1))

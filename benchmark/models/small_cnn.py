@@ -11,7 +11,12 @@ class SmallCNN(nn.Module):
     # near-linear map of the pixels, so its CKA is ~0.9999 for every model,
     # clean or not (measured on Fashion-MNIST), and would only flatten BEC.
     bec_layers = ["conv2", "conv3"]
-    attention_layers = ["block1", "block2", "block3"]
+    # NAD: the outputs of the last two of the three stages, the counterparts of
+    # PreAct-ResNet18's layer3 and layer4 (BackdoorBench's NAD layers).
+    attention_layers = ["block2", "block3"]
+    head_layer = "head.2"
+    # Each convolution is followed directly by its BatchNorm (conv -> BN -> ReLU).
+    conv_bn_pairs = [("conv1", "block1.0"), ("conv2", "block2.0"), ("conv3", "block3.0")]
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16):
         super().__init__()
