@@ -85,19 +85,36 @@ def backdoor_similarity(reference: dict[str, torch.Tensor], other: dict[str, tor
     return sum(per_layer) / len(per_layer), per_layer
 
 
-def backdoor_existence_coefficient(s_defense: float, s_clean: float) -> float:
-    """(S(f_A, f_D) - S(f_A, f_C)) / (1 - S(f_A, f_C)), unclipped."""
-    if s_clean >= 1.0:
-        raise ValueError("S(f_A, f_C) = 1: the clean model is indistinguishable from the backdoored one, BEC undefined")
-    return (s_defense - s_clean) / (1.0 - s_clean)
+# Below this denominator 1 - S(f_A, f_C), BEC is reported as undefined (None):
+# CKA on 500 samples moves by about 0.005 between runs, and dividing by less
+# than 0.05 would turn that noise into more than 0.1 of BEC.
+MIN_BEC_DENOMINATOR = 0.05
 
 
-def min_max_bec(similarities: dict[str, float], clean: str, backdoored: str) -> dict[str, float]:
-    """The authors' plotting normalisation: min-max over the models of one
-    attack (clean model included), with the backdoored model pinned at 1."""
-    values = dict(similarities)
-    lo, hi = min(values.values()), max(values.values())
+def backdoor_existence_coefficient(s_defense: float, s_clean: float,
+                                   min_denominator: float = MIN_BEC_DENOMINATOR) -> float | None:
+    """(S(f_A, f_D) - S(f_A, f_C)) / (1 - S(f_A, f_C)), unclipped; None
+    (undefined) when the clean model is too similar to the backdoored one
+    (1 - S(f_A, f_C) < `min_denominator`) for the ratio to mean anything."""
+    denominator = 1.0 - s_clean
+    if denominator < min_denominator:
+        return None
+    return (s_defense - s_clean) / denominator
+
+
+def min_max_bec(similarities: dict[str, float], clean: str, backdoored: str,
+                aliases_of_backdoored: tuple[str, ...] = ()) -> dict[str, float]:
+    """The authors' plotting normalisation (`BEC/analy_backdoor_plot.py` of
+    JulieCarlon/Backdoor-Reactivation-Attack): min-max of S over the clean
+    model and the defense models of one attack, the backdoored model left out
+    of the range (so the most similar defense reads exactly 1 and the clean
+    model 0 when it is the least similar); the backdoored model is then
+    plotted at 1. `aliases_of_backdoored` (the "none" defense) are the
+    backdoored model itself and read 1 too."""
+    pinned = {backdoored, *aliases_of_backdoored}
+    ranged = {name: s for name, s in similarities.items() if name not in pinned}
+    lo, hi = min(ranged.values()), max(ranged.values())
     span = hi - lo if hi > lo else 1.0
-    out = {name: (s - lo) / span for name, s in values.items()}
-    out[backdoored] = 1.0
+    out = {name: (s - lo) / span for name, s in ranged.items()}
+    out.update({name: 1.0 for name in pinned if name in similarities})
     return out

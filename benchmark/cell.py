@@ -47,6 +47,12 @@ CLEAN_ROW, BACKDOORED_ROW = "clean", "backdoored"
 # Parameters of transfer methods that choose surrogates; the runner, not the
 # module, consumes them.
 SURROGATE_KEYS = ("surrogates", "surrogate_arch")
+CLEAN_DATA_ORDERS = ("own", "shared")
+# f_C's shuffling seed is offset from f_A's by this much when it has its own order.
+CLEAN_ORDER_OFFSET = 1_000_003
+# Re-activation search and every evaluation run in full precision, as the
+# authors' code does; bf16 autocast is for training weights only.
+SEARCH_PRECISION = "32-true"
 
 
 @dataclass
@@ -62,13 +68,21 @@ class CellSpec:
     batch_size: int = 128
     lr: float = 0.01
     poison_rate: float = 0.1
+    # "all": poisoned indices drawn from every training sample (BackdoorBench);
+    # "non_target": from non-target samples only, so every one is label-flipped
+    poison_selection: str = "all"
     target_label: int = 0
     clean_ratio: float = 0.05      # the defender's clean subset
     reactivations: tuple[str, ...] = ("wba",)
     epsilon: float = 0.05
     norm: str = "linf"
-    bec_samples: int = 500
+    bec_samples: int = 500          # triggered test images whose features BEC compares
+    bec_rank_samples: int = 2200    # clean/triggered test pairs that rank the channels (the authors' ~2,200)
     bec_ratio: float = 0.1
+    # f_C starts from f_A's seeded initialisation (BackdoorBench's seed-0
+    # convention) but sees the data in its own order, as a separate training
+    # run would ("own"); "shared" gives it f_A's exact data order as well.
+    clean_data_order: str = "own"
     trigger_params: dict = field(default_factory=dict)       # overrides of the attack preset
     defense_params: dict = field(default_factory=dict)       # {defense: {param: value}}
     reactivation_params: dict = field(default_factory=dict)  # {method: {param: value}}
@@ -96,13 +110,18 @@ class CellSpec:
             raise ConfigError(f"clean ratio must be in (0, 1], got {self.clean_ratio}")
         check_budget(self.norm, self.epsilon)
         for name, value in (("epochs", self.epochs), ("batch size", self.batch_size),
-                            ("BEC samples", self.bec_samples)):
+                            ("BEC samples", self.bec_samples), ("BEC ranking samples", self.bec_rank_samples)):
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
         if not 0.0 < self.bec_ratio <= 1.0:
             raise ConfigError(f"BEC channel ratio must be in (0, 1], got {self.bec_ratio}")
         if self.lr <= 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.poison_selection not in ("all", "non_target"):
+            raise ConfigError(f"poison_selection must be 'all' or 'non_target', got {self.poison_selection!r}")
+        if self.clean_data_order not in CLEAN_DATA_ORDERS:
+            raise ConfigError(f"clean_data_order must be one of {', '.join(CLEAN_DATA_ORDERS)}, "
+                              f"got {self.clean_data_order!r}")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -159,7 +178,8 @@ class Cell:
         params = {**preset.trigger_params, **spec.trigger_params}
         self.trigger = build_trigger(preset.trigger, self.dm.image_shape, **params)
         self.trigger_config = {"name": preset.trigger, **params}
-        self.poison_idx = self.dm.poison_indices(spec.poison_rate, spec.target_label, spec.seed)
+        self.poison_idx = self.dm.poison_indices(spec.poison_rate, spec.target_label, spec.seed,
+                                                 selection=spec.poison_selection)
         self.clean_idx = self.dm.clean_subset_indices(spec.clean_ratio, spec.seed, exclude=self.poison_idx)
         # Planning builds every stage module once on a throw-away model, so a
         # bad parameter or name fails now, before hours of training.
@@ -262,10 +282,10 @@ class Cell:
         s = self.spec
         config = {"data": self.dm.identity(), "model": self.model_spec(arch), "train": self.train_spec()}
         if arch is None:
-            return StageJob("train", "clean model", {"attack": "clean", **config}, {},
-                            lambda inputs: self._train_model(config["model"], None))
+            return StageJob("train", "clean model", {"attack": "clean", "data_order": s.clean_data_order, **config},
+                            {}, lambda inputs: self._train_model(config["model"], None))
         config = {"attack": s.attack, "trigger": self.trigger_config, "poison_rate": s.poison_rate,
-                  "target_label": s.target_label, **config}
+                  "poison_selection": s.poison_selection, "target_label": s.target_label, **config}
         label = s.attack if arch == s.arch else f"{s.attack} ({arch})"
         return StageJob("attack", label, config, {}, lambda inputs: self._train_model(config["model"], self.trigger))
 
@@ -279,7 +299,8 @@ class Cell:
     def _bec_job(self, attack: StageJob, clean: StageJob, other: StageJob, label: str) -> StageJob:
         s = self.spec
         layers = self.new_model(attack.config["model"]).bec_layers
-        config = {"samples": s.bec_samples, "channel_ratio": s.bec_ratio, "seed": s.seed, "layers": layers}
+        config = {"samples": s.bec_samples, "rank_samples": s.bec_rank_samples, "channel_ratio": s.bec_ratio,
+                  "seed": s.seed, "layers": layers}
         return StageJob("bec", f"S(f_A, {label})", config, {"attack": attack, "clean": clean, "model": other},
                         self._run_bec)
 
@@ -375,7 +396,10 @@ class Cell:
         module = preset.module_class()(self.new_model(model_spec), self.dm.num_classes, trigger, poison_idx,
                                        self.dm.num_train, self.spec.target_label, lr=self.spec.lr,
                                        augment=self.dm.augment)
-        loader = self.dm.loader(self.dm.train_set(), shuffle=True, seed=self.spec.seed)
+        order_seed = self.spec.seed
+        if trigger is None and self.spec.clean_data_order == "own":
+            order_seed += CLEAN_ORDER_OFFSET
+        loader = self.dm.loader(self.dm.train_set(), shuffle=True, seed=order_seed)
         self.trainers.fit(module, loader, self.spec.epochs)
         return self._evaluate(module.model, poisoned=trigger is not None), module.export_weights()
 
@@ -401,21 +425,28 @@ class Cell:
 
     def _run_defense(self, name: str, inputs) -> tuple[dict, dict]:
         module = self.train_defense(name, inputs["attack"])
-        return self._evaluate(module.model), module.export_weights()
+        metrics = self._evaluate(module.model)
+        if module.report:  # what the defense decided: flagged labels, pruned units...
+            metrics["defense"] = module.report
+        return metrics, module.export_weights()
 
     def _run_bec(self, inputs) -> tuple[dict, None]:
         """Raw S(f_A, f_X) with per-layer CKA values."""
         s = self.spec
+        # As the authors do: ~2,200 random non-target test pairs rank the
+        # channels, and the features are those of `bec_samples` of them.
         idx = self.dm.non_target_test_indices(s.target_label)
         order = torch.randperm(len(idx), generator=torch.Generator().manual_seed(s.seed))
-        idx = idx[order[:s.bec_samples]].sort().values
+        idx = idx[order[:max(s.bec_rank_samples, s.bec_samples)]]
         clean_x = self.dm.test_images[idx].float().div(255)
         poisoned_x = self.trigger(clean_x)
         model_a = self.load_model(inputs["attack"])
         layers = model_a.bec_layers
-        channels = rank_backdoor_channels(model_a, layers, clean_x, poisoned_x, s.bec_ratio)
-        reference = selected_features(model_a, channels, poisoned_x)
-        features = selected_features(self.load_model(inputs["model"]), channels, poisoned_x)
+        channels = rank_backdoor_channels(model_a, layers, clean_x[:s.bec_rank_samples],
+                                          poisoned_x[:s.bec_rank_samples], s.bec_ratio)
+        compared = poisoned_x[:s.bec_samples]
+        reference = selected_features(model_a, channels, compared)
+        features = selected_features(self.load_model(inputs["model"]), channels, compared)
         similarity, per_layer = backdoor_similarity(reference, features)
         return {"similarity": similarity, "per_layer": dict(zip(layers, per_layer)),
                 "channels_per_layer": {n: len(c) for n, c in channels.items()}}, None
@@ -462,7 +493,7 @@ class Cell:
         data = self.dm.attacker_set(idx, self.trigger if use_trigger else None)
         loader = self.dm.loader(data, shuffle=True, batch_size=min(h.batch_size, len(data)), drop_last=True,
                                 seed=s.seed)
-        self.trainers.fit(module, loader, h.epochs)
+        self.trainers.fit(module, loader, h.epochs, precision=SEARCH_PRECISION)
         delta = module.final_delta()
         metrics = self._evaluate_delta(victim, delta, use_trigger)
         for tag, snapshot in module.checkpoints().items():
@@ -513,19 +544,26 @@ class Cell:
         model_jobs.update({d: model_jobs[BACKDOORED_ROW] if d == "none" else self.job("defense", d)
                            for d in s.defenses})
         sims = {label: self._metrics(self.job("bec", f"S(f_A, {label})"))["similarity"] for label in labels}
-        minmax = min_max_bec(sims, CLEAN_ROW, BACKDOORED_ROW)
+        minmax = min_max_bec(sims, CLEAN_ROW, BACKDOORED_ROW, aliases_of_backdoored=("none",))
         base = self._metrics(model_jobs[BACKDOORED_ROW])
         rows = []
         for label in labels:
             metrics = (self._metrics(self.job("evaluate", "clean model under the trigger")) if label == CLEAN_ROW
                        else self._metrics(model_jobs[label]))
+            model_meta = self.store.load(model_jobs[label].kind, model_jobs[label].key).meta
             row = {"dataset": s.dataset, "arch": s.arch, "attack": s.attack, "model": label, "seed": s.seed,
                    "clean_acc": metrics["test/clean_acc"], "asr": metrics["test/asr"], "ra": metrics["test/ra"],
                    "der": None, "bec": backdoor_existence_coefficient(sims[label], sims[CLEAN_ROW]),
-                   "bec_minmax": minmax[label], "similarity": sims[label]}
+                   "bec_minmax": minmax[label], "similarity": sims[label],
+                   "seconds": 0.0 if label == "none" else model_meta.get("seconds")}
             if label not in (CLEAN_ROW, BACKDOORED_ROW):
                 row["der"] = defense_effectiveness_rating(base["test/asr"], base["test/clean_acc"],
                                                           metrics["test/asr"], metrics["test/clean_acc"])
+                decided = metrics.get("defense") or {}
+                for key, value in decided.items():
+                    row[f"defense:{key}"] = value
+                if decided.get("unchanged"):
+                    row["note"] = "nothing flagged: model returned unchanged"
             for method in s.reactivations:
                 for kind, prefix in (("reactivation", "react"), ("guaa", "guaa")):
                     m = self._metrics_if_run(self._by_label.get(f"{kind}/{method} vs {label}"))

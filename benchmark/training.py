@@ -29,25 +29,27 @@ class TrainerFactory:
         #: a Lightning logger for training runs (the sweep worker sets a W&B one)
         self.logger = None
         cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-        # bf16 autocast on GPUs; full precision on the CPU where bf16 is slow.
+        # bf16 autocast for training weights on GPUs; full precision on the CPU
+        # where bf16 is slow. Evaluation and re-activation search always run in
+        # fp32 (the authors' code has no autocast there; bf16 logits would turn
+        # QBRA's accept/reject decisions into a matter of rounding).
         self.precision = precision or ("bf16-mixed" if cuda else "32-true")
         self.device = torch.device("cuda" if cuda else "cpu")
-        if cuda:
-            torch.set_float32_matmul_precision("high")
 
-    def trainer(self, max_epochs: int = 1, log: bool = False) -> L.Trainer:
+    def trainer(self, max_epochs: int = 1, log: bool = False, precision: str | None = None) -> L.Trainer:
         callbacks = []
         if self.progress:
             from lightning.pytorch.callbacks import RichProgressBar
             callbacks.append(RichProgressBar(leave=False))
         return L.Trainer(accelerator=self.accelerator, devices=1, max_epochs=max_epochs,
-                         precision=self.precision, logger=(self.logger or False) if log else False,
+                         precision=precision or self.precision, logger=(self.logger or False) if log else False,
                          enable_checkpointing=False, log_every_n_steps=10,
                          enable_model_summary=False, enable_progress_bar=self.progress,
                          num_sanity_val_steps=0, callbacks=callbacks)
 
-    def fit(self, module: L.LightningModule, loader, epochs: int) -> None:
-        self.trainer(max_epochs=epochs, log=True).fit(module, train_dataloaders=loader)
+    def fit(self, module: L.LightningModule, loader, epochs: int, precision: str | None = None) -> None:
+        """Train; `precision` overrides the default (re-activation search asks for "32-true")."""
+        self.trainer(max_epochs=epochs, log=True, precision=precision).fit(module, train_dataloaders=loader)
 
     def evaluate(self, module: BackdoorStage, clean_loader=None, poisoned_loader=None) -> dict[str, float]:
         roles, loaders = [], []
@@ -56,6 +58,6 @@ class TrainerFactory:
                 roles.append(role)
                 loaders.append(loader)
         module.eval_roles = tuple(roles)
-        trainer = self.trainer()
+        trainer = self.trainer(precision="32-true")
         trainer.test(module, dataloaders=loaders, verbose=False)
         return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}

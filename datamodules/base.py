@@ -7,8 +7,10 @@ are all in pixel space. Every batch is (images, labels, dataset indices).
 The data-selection rules of the benchmark live here, once, all seeded and by
 dataset index:
 - poisoned training indices: `poison_rate` of the training set, drawn from
-  samples whose label is not the target (relabelling a target-class sample
-  changes nothing);
+  all samples as BackdoorBench does (`utils/backdoor_generate_poison_index.py`:
+  target-class samples are not avoided; they get the trigger and keep their
+  label, which already is the target), or from non-target samples only
+  (`selection="non_target"`: every poisoned sample is then label-flipped);
 - the defender's clean subset: `clean_ratio` of the training set, disjoint
   from the poisoned indices;
 - the attacker's re-activation data: samples drawn from the poisoned indices;
@@ -83,12 +85,21 @@ class BackdoorDataModule(L.LightningDataModule):
             raise ConfigError(f"target label {target_label} outside the classes of {self.name} (0..{self.num_classes - 1})")
 
     # ---- seeded selections, by dataset index ------------------------------------
-    def poison_indices(self, poison_rate: float, target_label: int, seed: int) -> torch.Tensor:
+    POISON_SELECTIONS = ("all", "non_target")
+
+    def poison_indices(self, poison_rate: float, target_label: int, seed: int,
+                       selection: str = "all") -> torch.Tensor:
         if not 0.0 < poison_rate < 1.0:
             raise ConfigError(f"poison rate must be in (0, 1), got {poison_rate}")
+        if selection not in self.POISON_SELECTIONS:
+            raise ConfigError(f"poison selection {selection!r} unknown; choose one of: "
+                              f"{', '.join(self.POISON_SELECTIONS)}")
         self.check_target(target_label)
         self.setup()
-        candidates = torch.nonzero(self.train_labels != target_label).flatten()
+        if selection == "all":
+            candidates = torch.arange(self.num_train)
+        else:
+            candidates = torch.nonzero(self.train_labels != target_label).flatten()
         count = min(len(candidates), round(poison_rate * self.num_train))
         order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
         return candidates[order[:count]].sort().values

@@ -59,13 +59,23 @@ def test_bec_normalisation():
     assert backdoor_existence_coefficient(1.0, 0.4) == pytest.approx(1.0)
     assert backdoor_existence_coefficient(0.7, 0.4) == pytest.approx(0.5)
     assert backdoor_existence_coefficient(0.2, 0.4) == pytest.approx(-1 / 3)  # unclipped
-    with pytest.raises(ValueError):
-        backdoor_existence_coefficient(0.9, 1.0)
 
 
-def test_min_max_variant_pins_backdoored_at_one():
-    out = min_max_bec({"clean": 0.3, "backdoored": 1.0, "ft": 0.65}, "clean", "backdoored")
-    assert out == pytest.approx({"clean": 0.0, "backdoored": 1.0, "ft": 0.5})
+@pytest.mark.parametrize("s_clean", [1.0, 0.99, 0.951])
+def test_bec_undefined_when_clean_model_is_as_similar_as_the_backdoored(s_clean):
+    # reported as undefined, never as a huge number from a tiny denominator
+    assert backdoor_existence_coefficient(0.9, s_clean) is None
+    assert backdoor_existence_coefficient(0.9, 0.949) is not None
+
+
+def test_min_max_variant_is_the_authors_plotting_normalisation():
+    # JulieCarlon/Backdoor-Reactivation-Attack BEC/analy_backdoor_plot.py: the
+    # range is the clean model and the defenses; f_A is left out and plotted at 1.
+    sims = {"clean": 0.3, "backdoored": 1.0, "none": 1.0, "ft": 0.65, "nad": 0.5}
+    out = min_max_bec(sims, "clean", "backdoored", aliases_of_backdoored=("none",))
+    assert out == pytest.approx({"clean": 0.0, "backdoored": 1.0, "none": 1.0, "ft": 1.0, "nad": 0.2 / 0.35})
+    # the most similar defense reads exactly 1 even far below f_A's similarity
+    assert min_max_bec({"clean": 0.3, "backdoored": 1.0, "ft": 0.4}, "clean", "backdoored")["ft"] == 1.0
 
 
 def test_bad_ratio_rejected():

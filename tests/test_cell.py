@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from benchmark.bec import MIN_BEC_DENOMINATOR
 from benchmark.cli import main
 from benchmark.errors import ConfigError, StoreError, UnknownNameError
 from benchmark.training import TrainerFactory
@@ -11,8 +12,13 @@ def test_cell_end_to_end_then_served_from_store(make_cell, monkeypatch):
     rows = make_cell().run()
     by = {r["model"]: r for r in rows}
     assert list(by) == ["clean", "backdoored", "ft", "nad"]
-    assert by["clean"]["bec"] == pytest.approx(0.0) and by["backdoored"]["bec"] == pytest.approx(1.0)
-    assert by["backdoored"]["bec_minmax"] == 1.0
+    if 1 - by["clean"]["similarity"] < MIN_BEC_DENOMINATOR:  # f_C as similar as f_A: undefined, not huge
+        assert all(r["bec"] is None for r in rows)
+    else:
+        assert by["clean"]["bec"] == pytest.approx(0.0) and by["backdoored"]["bec"] == pytest.approx(1.0)
+    assert by["backdoored"]["bec_minmax"] == 1.0 and by["backdoored"]["similarity"] == pytest.approx(1.0)
+    assert max(by[m]["bec_minmax"] for m in ("clean", "ft", "nad")) == pytest.approx(1.0)
+    assert by["ft"]["seconds"] > 0
     for r in rows:
         for key in ("clean_acc", "asr", "ra", "react_asr:wba", "react_ra:wba"):
             assert 0.0 <= r[key] <= 1.0
@@ -149,6 +155,8 @@ def test_none_defense_is_the_backdoored_model(make_cell):
     assert not [j for j in cell.jobs if j.kind == "defense" and j.label == "none"]
     assert cell.job("reactivation", "wba vs none") is cell.job("reactivation", "wba vs backdoored")
     rows = {r["model"]: r for r in cell.run()}
-    assert rows["none"]["asr"] == rows["backdoored"]["asr"] and rows["none"]["bec"] == pytest.approx(1.0)
+    assert rows["none"]["asr"] == rows["backdoored"]["asr"] and rows["none"]["similarity"] == pytest.approx(1.0)
+    assert rows["none"]["bec"] == rows["backdoored"]["bec"] and rows["none"]["bec_minmax"] == 1.0
+    assert rows["none"]["seconds"] == 0.0
     assert rows["none"]["der"] == pytest.approx(0.5)
     assert "guaa_asr:wba" in rows["none"]

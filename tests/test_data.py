@@ -17,15 +17,31 @@ def dm():
     return d
 
 
-def test_poison_indices_deterministic_by_seed_and_non_target(dm):
+def test_poison_indices_deterministic_by_seed(dm):
     a = dm.poison_indices(0.1, 0, seed=3)
     assert torch.equal(a, dm.poison_indices(0.1, 0, seed=3))
     assert not torch.equal(a, dm.poison_indices(0.1, 0, seed=4))
     assert len(a) == 40 and len(set(a.tolist())) == 40
-    assert torch.all(dm.train_labels[a] != 0)
     # chosen by dataset index: a fresh module over the same data agrees
     other = build_datamodule("synthetic", num_train=400, num_test=100, num_classes=4)
     assert torch.equal(other.poison_indices(0.1, 0, seed=3), a)
+
+
+def test_poison_indices_drawn_from_all_samples_by_default_as_backdoorbench():
+    # BackdoorBench draws poison_rate * N among all training samples, target
+    # class included (utils/backdoor_generate_poison_index.py).
+    d = build_datamodule("synthetic", num_train=4000, num_test=100, num_classes=4)
+    idx = d.poison_indices(0.2, 0, seed=0)
+    assert len(idx) == 800
+    share = float((d.train_labels[idx] == 0).float().mean())
+    assert 0.15 < share < 0.35  # about 1/4 of them are target-class samples
+
+
+def test_non_target_selection_option_avoids_the_target_class(dm):
+    a = dm.poison_indices(0.1, 0, seed=3, selection="non_target")
+    assert len(a) == 40 and torch.all(dm.train_labels[a] != 0)
+    with pytest.raises(ConfigError, match="poison selection 'some'.*all, non_target"):
+        dm.poison_indices(0.1, 0, seed=3, selection="some")
 
 
 def test_clean_subset_disjoint_from_poison_and_sized(dm):

@@ -12,12 +12,18 @@ CASES = [(name, 3, 32) for name in ARCHITECTURES] + [("timm:resnet10t", 3, 32)]
 def test_forward_and_layer_lists_resolve(arch, channels, size):
     model = build_model(arch, 7, channels, size, (0.5,) * channels, (0.25,) * channels).eval()
     x = torch.rand(2, channels, size, size)
-    with capture(model, model.bec_layers + model.attention_layers) as feats:
+    with capture(model, model.bec_layers + model.attention_layers + [model.head_layer]) as feats:
         out = model(x)
     assert out.shape == (2, 7)
-    assert len(model.bec_layers) >= 2 and len(model.attention_layers) == 3
+    assert len(model.bec_layers) >= 2 and len(model.attention_layers) == 2
     for name in model.bec_layers:
         assert feats[name].dim() == 4
+    assert isinstance(model.get_submodule(model.head_layer), torch.nn.Linear)
+    for conv, bn in model.conv_bn_pairs:  # each BatchNorm normalises its convolution's channels
+        c, b = model.get_submodule(conv), model.get_submodule(bn)
+        assert isinstance(c, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d)
+        assert c.out_channels == b.num_features
+    assert model.conv_bn_pairs
 
 
 def test_preact_resnet18_bec_layers_are_the_16_block_convs():

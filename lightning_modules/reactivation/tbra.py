@@ -10,6 +10,9 @@ ASR of trigger + delta on the victim. Ensembling of the surrogates:
   the L1-normalised gradient with decay `momentum`, step along its sign (L-inf)
   or its L2-normalised direction (L2, L1), step size `lr` in pixel units.
 SGD lr 0.05 on delta for sum/sequential; projection after every step.
+Data: up to 5,000 poisoned training samples in batches of 500, drop_last
+(JulieCarlon/Backdoor-Reactivation-Attack `reattack/transfer_attack.py`:
+10 steps per epoch, 100 epochs).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ class TransferReactivation(ReactivationModule):
 
     def __init__(self, surrogates: list[nn.Module], image_shape: tuple[int, int, int], target_label: int = 0,
                  epsilon: float = 0.05, norm: str = "linf", seed: int = 0, lr: float = 0.05, epochs: int = 100,
-                 batch_size: int = 128, num_samples: int = 5000, ensemble: str = "sum", momentum: float = 1.0):
+                 batch_size: int = 500, num_samples: int = 5000, ensemble: str = "sum", momentum: float = 1.0):
         surrogates = list(surrogates or [])
         if not surrogates:
             raise ConfigError("tbra needs at least one surrogate model (the attacker's own defended copies)")
