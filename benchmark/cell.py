@@ -535,14 +535,20 @@ class Cell:
         return self._metrics(job)
 
     def rows(self) -> list[dict]:
-        """One row per model of the cell, read from the store. The models and
-        their BEC must be there (StoreError otherwise); re-activation and
+        """One row per model of the cell, read from the store. The clean and
+        backdoored models and their BEC must be there (StoreError otherwise);
+        a defense appears when its model and BEC are; re-activation and
         control columns appear for the jobs that have run."""
         s = self.spec
-        labels = [CLEAN_ROW, BACKDOORED_ROW, *s.defenses]
         model_jobs = {CLEAN_ROW: self.job("train", "clean model"), BACKDOORED_ROW: self.job("attack", s.attack)}
         model_jobs.update({d: model_jobs[BACKDOORED_ROW] if d == "none" else self.job("defense", d)
                            for d in s.defenses})
+        # A defense whose model or BEC is missing (its job failed or has not
+        # run) has no row; the references and the other defenses still do.
+        labels = [CLEAN_ROW, BACKDOORED_ROW] + [
+            d for d in s.defenses
+            if self._metrics_if_run(model_jobs[d]) is not None
+            and self._metrics_if_run(self.job("bec", f"S(f_A, {d})")) is not None]
         sims = {label: self._metrics(self.job("bec", f"S(f_A, {label})"))["similarity"] for label in labels}
         minmax = min_max_bec(sims, CLEAN_ROW, BACKDOORED_ROW, aliases_of_backdoored=("none",))
         base = self._metrics(model_jobs[BACKDOORED_ROW])

@@ -20,7 +20,7 @@ from lightning_modules.reactivation import REACTIVATIONS
 from lightning_modules.reactivation.norms import NORMS
 
 COLUMNS = [("model", "model"), ("clean_acc", "C-Acc"), ("asr", "ASR"), ("ra", "RA"), ("der", "DER"),
-           ("bec", "BEC"), ("bec_minmax", "BEC min-max"), ("similarity", "S raw")]
+           ("bec", "BEC"), ("bec_minmax", "BEC min-max (authors)"), ("similarity", "S raw"), ("seconds", "s")]
 
 
 def method_columns(methods) -> list[tuple[str, str]]:
@@ -55,13 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     cell.add_argument("--batch-size", type=int, default=128)
     cell.add_argument("--lr", type=float, default=0.01, help="learning rate of the clean and backdoored models")
     cell.add_argument("--poison-rate", type=float, default=0.1)
+    cell.add_argument("--poison-selection", default="all", choices=["all", "non_target"],
+                      help="draw poisoned samples from all training samples (BackdoorBench) or non-target ones")
+    cell.add_argument("--clean-data-order", default="own", choices=["own", "shared"],
+                      help="the clean model's data order: its own (a separate run) or the backdoored model's")
     cell.add_argument("--target-label", type=int, default=0)
     cell.add_argument("--clean-ratio", type=float, default=0.05, help="defender's clean subset, fraction of train")
     cell.add_argument("--reactivations", nargs="+", default=["wba"],
                       help=f"any of: {', '.join(REACTIVATIONS.names())}")
     cell.add_argument("--epsilon", type=float, default=0.05, help="perturbation budget in [0,1] pixel units")
     cell.add_argument("--norm", default="linf", help=f"one of: {', '.join(NORMS)}")
-    cell.add_argument("--bec-samples", type=int, default=500)
+    cell.add_argument("--bec-samples", type=int, default=500, help="triggered test images BEC compares")
+    cell.add_argument("--bec-rank-samples", type=int, default=2200, help="test pairs that rank BEC's channels")
     cell.add_argument("--bec-ratio", type=float, default=0.1, help="fraction of channels kept per layer")
     cell.add_argument("--trigger-params", type=_json_dict, default={}, help="JSON overrides of the attack's trigger")
     cell.add_argument("--defense-params", type=_json_dict, default={},
@@ -86,9 +91,21 @@ def results_table(rows: list[dict], title: str, methods) -> Table:
     columns = COLUMNS + method_columns(methods)
     for _, header in columns:
         table.add_column(header, justify="left" if header == "model" else "right")
+    notes = any(row.get("note") for row in rows)
+    if notes:
+        table.add_column("note")
     for row in rows:
-        table.add_row(*(_fmt(row.get(key)) for key, _ in columns))
+        cells = [_fmt(row.get(key)) for key, _ in columns]
+        if row.get("bec") is None and row.get("similarity") is not None:
+            cells[[k for k, _ in columns].index("bec")] = "undef."
+        table.add_row(*cells, *([row.get("note") or ""] if notes else []))
     return table
+
+
+TABLE_LEGEND = ("C-Acc/ASR/RA of the clean row: the clean model under the trigger; its re-activation columns are "
+                "the clean-model control. gUAA: the same optimisation on clean inputs. BEC = (S_D - S_C)/(1 - S_C), "
+                "undef. when 1 - S(f_A,f_C) < 0.05; BEC min-max (authors): min-max of S over the clean model and "
+                "the defenses of the attack, f_A at 1. s: seconds the stage took.")
 
 
 def table_console() -> Console:
@@ -104,7 +121,9 @@ def run_cell(args) -> int:
 
     spec = CellSpec(dataset=args.dataset, arch=args.arch, attack=args.attack, defenses=tuple(args.defenses),
                     seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    poison_rate=args.poison_rate, target_label=args.target_label, clean_ratio=args.clean_ratio,
+                    poison_rate=args.poison_rate, poison_selection=args.poison_selection,
+                    clean_data_order=args.clean_data_order, bec_rank_samples=args.bec_rank_samples,
+                    target_label=args.target_label, clean_ratio=args.clean_ratio,
                     reactivations=tuple(args.reactivations), epsilon=args.epsilon, norm=args.norm,
                     bec_samples=args.bec_samples, bec_ratio=args.bec_ratio, trigger_params=args.trigger_params,
                     defense_params=args.defense_params, reactivation_params=args.reactivation_params,
@@ -119,9 +138,7 @@ def run_cell(args) -> int:
              f"re-activation at {spec.norm} eps={spec.epsilon}; {took:.0f} s")
     console = table_console()
     console.print(results_table(rows, title, spec.reactivations))
-    console.print("C-Acc/ASR/RA of the clean row: the clean model under the trigger; its re-activation "
-                  "columns are the clean-model control. gUAA: the same optimisation on clean inputs.",
-                  style="dim")
+    console.print(TABLE_LEGEND, style="dim")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"spec": cell.describe(), "rows": rows, "seconds": took}, indent=2))

@@ -68,9 +68,9 @@ def test_csv_has_every_row_and_identity_first(tmp_path):
     header, body = table[0], table[1:]
     assert len(body) == len(rows)
     assert header[:5] == IDENTITY
-    assert header[5:12] == ["clean_acc", "asr", "ra", "der", "bec", "bec_minmax", "similarity"]
-    assert header[12:15] == ["react_asr:wba", "react_ra:wba", "guaa_asr:wba"]
-    assert header[15:20] == [f"react_asr:wba@{n}q" for n in QUERIES]  # by query count, not as text
+    assert header[5:13] == ["clean_acc", "asr", "ra", "der", "bec", "bec_minmax", "similarity", "seconds"]
+    assert header[13:16] == ["react_asr:wba", "react_ra:wba", "guaa_asr:wba"]
+    assert header[16:21] == [f"react_asr:wba@{n}q" for n in QUERIES]  # by query count, not as text
     assert header[-2:] == ["epsilon", "key"]  # pass-through keys, sorted, last
     first = dict(zip(header, body[0]))
     assert first["attack"] == "A" and first["model"] == "clean" and float(first["asr"]) == 0.01
@@ -120,7 +120,7 @@ def test_missing_metrics_do_not_crash(tmp_path):
         assert p.exists()
     text = (tmp_path / "summary.md").read_text()
     line = next(l for l in text.splitlines() if l.startswith("| C | ft |"))
-    assert line.count("–") == 11  # 7 base metrics + 2 methods x (re-act, gUAA)
+    assert line.count("–") == 12  # 8 base metrics + 2 methods x (re-act, gUAA)
     back = load_rows(tmp_path)
     assert back[-2]["bec"] is None and back[-1] == lonely  # NaN is written as JSON null
     agg = next(a for a in summarize(rows + [broken]) if (a["attack"], a["model"]) == ("A", "ft"))
