@@ -1,49 +1,134 @@
-"""Runs one stage job of a grid in its own process (the executor starts one
-per job): rebuilds the job's cell from its spec, executes the job, logs it to
-W&B. A crash here fails this job only."""
+"""Runs stage jobs of a grid for the executor.
+
+`--serve` (what the executor uses): a long-lived worker bound to one slot
+(one GPU, or a share of the CPU cores). It imports the suite once and keeps
+the loaded data modules and planned cells between jobs, so a job costs its
+own work, not a Python start-up, a dataset decode and a plan (about 5-10 s
+each on two cores). It reads one request per line on stdin,
+``{"spec": <cell spec JSON file>, "job": <kind/key>, "log": <file>}``, runs
+the job with its stdout/stderr going to that log, logs it to W&B, and
+answers one line on its original stdout, ``{"job": ..., "ok": ..., "error": ...}``.
+An exception fails that job only; a crash of the process fails its current
+job and the executor starts a new worker. End of input ends the worker.
+
+Without `--serve` it runs the single job given by `--spec`/`--job`.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import torch
 
 
+class JobRunner:
+    """Runs jobs, caching data modules and cells across them."""
+
+    def __init__(self, store: str, data_dir: str, output: str, project: str):
+        from benchmark.store import ArtifactStore
+
+        self.store = ArtifactStore(store)
+        self.data_dir, self.output, self.project = data_dir, Path(output), project
+        self._modules: dict[str, object] = {}
+        self._cells: dict[str, object] = {}
+
+    def cell(self, spec_text: str):
+        from benchmark.cell import Cell, CellSpec
+        from datamodules import build_datamodule
+
+        if spec_text not in self._cells:
+            spec = CellSpec.from_dict(json.loads(spec_text))
+            key = json.dumps([spec.dataset, spec.batch_size, spec.data_params], sort_keys=True)
+            if key not in self._modules:
+                self._modules[key] = build_datamodule(spec.dataset, data_dir=self.data_dir,
+                                                      batch_size=spec.batch_size, **spec.data_params)
+            self._cells[spec_text] = Cell(spec, self.store, data_dir=self.data_dir, progress=False,
+                                          datamodule=self._modules[key])
+        return self._cells[spec_text]
+
+    def run(self, spec_text: str, job_id: str) -> None:
+        from benchmark.wandb_logging import finish_stage, stage_logger
+
+        cell = self.cell(spec_text)
+        spec = cell.spec
+        job = next((j for j in cell.jobs if j.id == job_id), None)
+        if job is None:
+            raise LookupError(f"job {job_id} is not in the plan of cell {cell.name}")
+        run_config = {"dataset": spec.dataset, "arch": job.config.get("model", {}).get("arch", spec.arch),
+                      "attack": spec.attack, "seed": spec.seed, "stage": job.kind, "job": job.label,
+                      "defense": job.config.get("defense"), "method": job.config.get("method"),
+                      "key": job.key, "inputs": job.input_keys, "config": job.config}
+        logger = stage_logger(project=self.project, save_dir=self.output, cell=cell.name, kind=job.kind,
+                              label=job.label, run_config=run_config)
+        cell.trainers.logger = logger
+        print(f"{job.kind} {job.label} [{cell.name}] -> {job.key}", flush=True)
+        try:
+            artifact = cell.execute(job)
+        finally:
+            cell.trainers.logger = None
+        finish_stage(logger, artifact.metrics)
+
+
+def _redirect(fd_target: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd_target, 1)
+    os.dup2(fd_target, 2)
+
+
+def serve(runner: JobRunner) -> int:
+    # The original stdout is the answer channel; fds 1 and 2 then point at the
+    # current job's log (or nowhere between jobs), so nothing a job prints
+    # (Lightning, W&B, tracebacks) can corrupt the answers.
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    idle = os.open(os.devnull, os.O_WRONLY)
+    _redirect(idle)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        _redirect(log)
+        ok, error = True, None
+        try:
+            runner.run(Path(request["spec"]).read_text(), request["job"])
+        except Exception as exc:  # noqa: BLE001  (one job fails; the worker goes on)
+            traceback.print_exc()
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        _redirect(idle)
+        os.close(log)
+        answers.write(json.dumps({"job": request["job"], "ok": ok, "error": error}) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--spec", required=True, help="cell spec as a JSON file")
-    parser.add_argument("--job", required=True, help="job id <kind>/<key>")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve", action="store_true", help="take jobs from stdin until it closes")
+    parser.add_argument("--spec", help="cell spec as a JSON file (single-job mode)")
+    parser.add_argument("--job", help="job id <kind>/<key> (single-job mode)")
     parser.add_argument("--store", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--output", required=True, help="grid output directory (W&B runs go below it)")
     parser.add_argument("--project", default="backdoor-reactivation")
     args = parser.parse_args(argv)
+    if not args.serve and not (args.spec and args.job):
+        parser.error("give --serve, or --spec and --job")
 
     threads = os.environ.get("BDBENCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    from benchmark.cell import Cell, CellSpec
-    from benchmark.store import ArtifactStore
-    from benchmark.wandb_logging import finish_stage, stage_logger
-
-    spec = CellSpec.from_dict(__import__("json").loads(Path(args.spec).read_text()))
-    cell = Cell(spec, ArtifactStore(args.store), data_dir=args.data_dir, progress=False)
-    job = next((j for j in cell.jobs if j.id == args.job), None)
-    if job is None:
-        print(f"error: job {args.job} is not in the plan of cell {cell.name}", file=sys.stderr)
+    runner = JobRunner(args.store, args.data_dir, args.output, args.project)
+    if args.serve:
+        return serve(runner)
+    try:
+        runner.run(Path(args.spec).read_text(), args.job)
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    run_config = {"dataset": spec.dataset, "arch": job.config.get("model", {}).get("arch", spec.arch),
-                  "attack": spec.attack, "seed": spec.seed, "stage": job.kind, "job": job.label,
-                  "defense": job.config.get("defense"), "method": job.config.get("method"),
-                  "key": job.key, "inputs": job.input_keys, "config": job.config}
-    logger = stage_logger(project=args.project, save_dir=Path(args.output), cell=cell.name, kind=job.kind,
-                          label=job.label, run_config=run_config)
-    cell.trainers.logger = logger
-    print(f"{job.kind} {job.label} [{cell.name}] -> {job.key}", flush=True)
-    artifact = cell.execute(job)
-    finish_stage(logger, artifact.metrics)
     return 0
 
 
