@@ -4,7 +4,8 @@ import torch
 from benchmark.cell import Cell, CellSpec
 from benchmark.store import ArtifactStore
 
-torch.set_num_threads(2)
+# One thread: the suite's tiny models gain nothing from a second, and tests may run beside other work.
+torch.set_num_threads(1)
 
 # A cell small enough for the fast suite: synthetic 16x16 data, the small CNN,
 # a few epochs of everything.

@@ -21,7 +21,8 @@ metrics under ``defense/<name>``.
 
 `model_train_mode = False` keeps the model in eval mode while the defense
 trains (BatchNorm running statistics never move), for defenses whose
-reference does so (i-BAU, SAU).
+reference does so (i-BAU, SAU); `on_fit_start` applies it, so a subclass
+that overrides `on_fit_start` calls `super().on_fit_start()`.
 """
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ class DefenseModule(BackdoorStage):
         if mode and not self.model_train_mode:
             self.model.eval()
         return self
+
+    def on_fit_start(self) -> None:
+        # Lightning 2.x leaves module modes as it finds them at fit start, so
+        # the mode this defense trains in is applied here.
+        self.train()
 
     # ---- helpers for prepare-time work on the clean subset ------------------------
     @property

@@ -81,6 +81,7 @@ class NeuralAttentionDistillation(DefenseModule):
         self.__dict__["teacher"] = teacher.model.eval().requires_grad_(False)
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self.teacher.to(self.device)
 
     def training_loss(self, x, y):
