@@ -76,6 +76,9 @@ class CellSpec:
     reactivations: tuple[str, ...] = ("wba",)
     epsilon: float = 0.05
     norm: str = "linf"
+    # the noise-robustness and feature-CKA controls per method x defense (the
+    # gUAA control always runs)
+    controls: bool = True
     bec_samples: int = 500          # triggered test images whose features BEC compares
     bec_rank_samples: int = 2200    # clean/triggered test pairs that rank the channels (the authors' ~2,200)
     bec_ratio: float = 0.1
@@ -260,7 +263,7 @@ class Cell:
                     react = self._reactivation_job(method, attack, job, label, use_trigger, add)
                     if react is not None:
                         add(react)
-            for label in s.defenses:
+            for label in (s.defenses if s.controls else ()):
                 rba, guaa = by_label.get(f"reactivation/{method} vs {label}"), by_label.get(f"guaa/{method} vs {label}")
                 if rba and guaa:
                     add(StageJob("controls", f"{method} vs {label}",

@@ -160,3 +160,10 @@ def test_none_defense_is_the_backdoored_model(make_cell):
     assert rows["none"]["seconds"] == 0.0
     assert rows["none"]["der"] == pytest.approx(0.5)
     assert "guaa_asr:wba" in rows["none"]
+
+
+def test_controls_can_be_left_out_but_guaa_stays(make_cell):
+    cell = make_cell(controls=False)
+    kinds = {j.kind for j in cell.jobs}
+    assert "controls" not in kinds and "guaa" in kinds
+    assert "controls" in {j.kind for j in make_cell().jobs}

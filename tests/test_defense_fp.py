@@ -18,14 +18,6 @@ POSITION = [7, 2, 9, 0, 4, 6, 1, 8, 3, 5]  # feature POSITION[r] has the r-th sm
 A, B = POSITION[4], POSITION[9]             # the two features the head reads
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Many tiny steps: a second intra-op thread only adds synchronisation on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class FeatureModel(nn.Module):
     """The 10 pixels of a 1x1x10 image are the features; logit_0 = 3 f_A,

@@ -55,15 +55,6 @@ def block_images(n: int, blocks, seed: int = 0) -> IndexedImages:
     return IndexedImages(x.mul(255).round().to(torch.uint8), labels, torch.arange(n) * 3 + 5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Thousands of tiny steps: on a shared 2-core machine a second intra-op
-    # thread costs ~10x in synchronisation (measured) and gains nothing.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def fit(module, dataset, batch_size: int = 50):
     """The runner's fine-tuning step, on a hand-made dataset."""

@@ -1,9 +1,12 @@
 """The paper's claims on real Fashion-MNIST, in the demo's setting (the cells
-of `sweeps/demo.yaml`: small CNN, BadNets and Blended, every defense the demo
-runs at its scaled BackdoorBench budget, WBA with the gUAA control), plus the
-black-box methods and the controls against one defense that worked. Slow:
-set SCIENCE_STORE to a directory to keep (or reuse, e.g. `store/` after
-`make demo`) the artifacts between runs.
+of `sweeps/demo.yaml`: small CNN trained 4 epochs, BadNets and Blended, every
+defense the demo runs at its scaled BackdoorBench budget), with white-box
+re-activation at its paper default (50 passes x 5 steps on 1,000 poisoned
+training samples, L-inf 0.05; the demo runs 4 passes) against every defense
+that worked and against the clean model, plus TBRA and the noise / feature
+controls against one defense that worked. Slow: about 40 minutes on two CPU
+cores from nothing; set SCIENCE_STORE=store after `make demo` to reuse its
+models.
 
 Claims and margins, fixed before measuring:
 1. The attack works: ASR >= 0.9 with C-Acc within 3 points of the clean model.
@@ -13,15 +16,19 @@ Claims and margins, fixed before measuring:
 3. The clean-model control: the same WBA optimisation against f_C reaches an
    ASR of at most 0.2.
 4. Against the first defense (grid order) that brings BadNets' ASR below 0.2:
-   QBRA and TBRA beat their gUAA controls by at least 0.2; re-activation
-   survives uniform noise of L-inf 0.09 (ASR >= 0.3) while gUAA does not gain
-   from it; RBA's features are closer to OBA's than gUAA's are (feature CKA).
+   TBRA, crafted on the attacker's own FT copy, beats its gUAA control by at
+   least 0.2; re-activation survives uniform noise of L-inf 0.09
+   (ASR >= 0.3) while gUAA does not gain from it; RBA's features are closer
+   to OBA's than gUAA's are (feature CKA).
 BEC, raw S and both normalisations are printed for every defense and not
 asserted: whether "BEC stays high while ASR ~ 0" shows at this scale is a
-finding to report, not a threshold to tune.
+finding to report, not a threshold to tune. QBRA's science (10,000 queries of
+500 images, about 9 CPU minutes per run) is left to GPU runs; its mechanics
+are in the fast suite.
 """
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,6 +41,7 @@ pytestmark = pytest.mark.slow
 
 DEMO = Path(__file__).resolve().parents[1] / "sweeps" / "demo.yaml"
 WORKED = 0.2     # a defense "worked" when it brings ASR below this
+REFERENCES = ("clean", "backdoored")
 
 
 @pytest.fixture(scope="module")
@@ -44,45 +52,61 @@ def cells(tmp_path_factory):
     for spec in load_grid(DEMO).cells():
         cell = Cell(spec, store, data_dir=data_dir, accelerator="cpu", progress=False)
         for job in cell.jobs:
-            if job.kind != "controls":  # controls only where claim 4 needs them
-                cell.execute(job)
+            cell.execute(job)
         out[spec.attack] = cell
     return out
 
 
+def _worked(by_model: dict) -> list[str]:
+    return [m for m, r in by_model.items() if m not in REFERENCES and r["asr"] < WORKED]
+
+
 @pytest.fixture(scope="module")
 def rows(cells):
-    result = {attack: {r["model"]: r for r in cell.rows()} for attack, cell in cells.items()}
-    for attack, by_model in result.items():
-        print(f"\n{attack}: model  C-Acc  ASR  BEC  BEC-minmax  S  WBA  gUAA  seconds")
-        for model, r in by_model.items():
+    """Per attack, the demo's rows, with WBA and gUAA at the paper's default
+    budget against the clean model and every defense that worked."""
+    result = {}
+    for attack, cell in cells.items():
+        demo_rows = {r["model"]: r for r in cell.rows()}
+        worked = _worked(demo_rows)
+        spec = replace(cell.spec, defenses=tuple(worked) or cell.spec.defenses[:1], reactivation_params={})
+        full = Cell(spec, cell.store, data_dir=cell.dm.data_dir, accelerator="cpu", progress=False,
+                    datamodule=cell.dm)
+        for job in full.jobs:
+            if job.kind != "reactivation" or job.label != "wba vs backdoored":
+                full.execute(job)
+        paper = {r["model"]: r for r in full.rows()}
+        for model, r in demo_rows.items():
+            if model in paper and model != "backdoored":
+                r["react_asr:wba@paper"] = paper[model]["react_asr:wba"]
+                r["guaa_asr:wba@paper"] = paper[model].get("guaa_asr:wba")
+        result[attack] = demo_rows
+        print(f"\n{attack}: model  C-Acc  ASR  BEC  BEC-minmax  S  WBA(demo)  gUAA(demo)  WBA(paper)  "
+              f"gUAA(paper)  seconds")
+        for model, r in demo_rows.items():
             print(f"  {model:10s} {r['clean_acc']:.3f} {r['asr']:.3f} {r['bec']} {r['bec_minmax']:.3f} "
-                  f"{r['similarity']:.4f} {r.get('react_asr:wba')} {r.get('guaa_asr:wba')} {r.get('seconds')}")
+                  f"{r['similarity']:.4f} {r.get('react_asr:wba')} {r.get('guaa_asr:wba')} "
+                  f"{r.get('react_asr:wba@paper')} {r.get('guaa_asr:wba@paper')} {r.get('seconds')}")
     return result
 
 
 @pytest.fixture(scope="module")
-def black_box(cells, rows):
-    """QBRA and TBRA with controls against the first BadNets defense that worked."""
-    worked = [m for m, r in rows["badnets"].items() if m not in ("clean", "backdoored", "none")
-              and r["asr"] < WORKED and r["clean_acc"] > 0.5]
+def transfer(cells, rows):
+    """TBRA and the controls against the first BadNets defense that worked."""
+    worked = _worked(rows["badnets"])
     if not worked:
         pytest.skip("no defense brought BadNets' ASR below 0.2 in this run: nothing to re-activate")
     victim = worked[0]
     base = cells["badnets"]
-    surrogates = [d for d in ("ft", "nad", "fst") if d != victim][:2]
-    spec = base.spec
-    params = {"qbra": {}, "tbra": {"surrogates": surrogates}}  # TBRA crafts on the attacker's own copies
-    from dataclasses import replace
-
-    spec = replace(spec, defenses=tuple(dict.fromkeys((victim, *surrogates))), reactivations=("wba", "qbra", "tbra"),
-                   reactivation_params={**spec.reactivation_params, **params})
+    surrogate = "ft" if victim != "ft" else "nad"
+    spec = replace(base.spec, defenses=(victim, surrogate), reactivations=("wba", "tbra"), controls=True,
+                   reactivation_params={"tbra": {"surrogates": [surrogate]}})  # the attacker's own FT copy
     cell = Cell(spec, base.store, data_dir=base.dm.data_dir, accelerator="cpu", progress=False, datamodule=base.dm)
     for job in cell.jobs:
         if job.label.endswith(f"vs {victim}") or job.kind in ("train", "attack", "evaluate", "defense", "bec"):
             cell.execute(job)
     row = {r["model"]: r for r in cell.rows()}[victim]
-    print(json.dumps({k: v for k, v in row.items() if ":" in k}, indent=1, default=str))
+    print(victim, json.dumps({k: v for k, v in row.items() if ":" in k}, indent=1, default=str))
     return victim, row
 
 
@@ -95,29 +119,26 @@ def test_attack_succeeds_without_costing_accuracy(rows, attack):
 
 @pytest.mark.parametrize("attack", ["badnets", "blended"])
 def test_reactivation_beats_guaa_wherever_a_defense_worked(rows, attack):
-    worked = {m: r for m, r in rows[attack].items() if m not in ("clean", "backdoored", "none") and r["asr"] < WORKED}
-    gaps = {m: r["react_asr:wba"] - r["guaa_asr:wba"] for m, r in worked.items()}
+    worked = {m: rows[attack][m] for m in _worked(rows[attack])}
+    gaps = {m: r["react_asr:wba@paper"] - r["guaa_asr:wba@paper"] for m, r in worked.items()}
     print(f"{attack}: defenses with ASR < {WORKED}: {sorted(worked)}; WBA - gUAA: {gaps}")
     for model, gap in gaps.items():
-        assert gap >= 0.3, f"{attack}/{model}: WBA {worked[model]['react_asr:wba']:.3f} vs gUAA " \
-                           f"{worked[model]['guaa_asr:wba']:.3f}"
+        assert gap >= 0.3, f"{attack}/{model}: WBA {worked[model]['react_asr:wba@paper']:.3f} vs gUAA " \
+                           f"{worked[model]['guaa_asr:wba@paper']:.3f}"
 
 
 @pytest.mark.parametrize("attack", ["badnets", "blended"])
 def test_clean_model_control_stays_low(rows, attack):
-    assert rows[attack]["clean"]["react_asr:wba"] <= 0.2
+    assert rows[attack]["clean"]["react_asr:wba@paper"] <= 0.2
 
 
-def test_black_box_reactivation_beats_guaa_at_the_same_budget(black_box):
-    victim, r = black_box
-    for method in ("qbra", "tbra"):
-        assert r[f"react_asr:{method}"] - r[f"guaa_asr:{method}"] >= 0.2, (victim, method)
-    curve = [r[f"react_asr:qbra@{q}q"] for q in (1000, 3000, 5000, 7000, 10000)]
-    assert curve[-1] >= curve[0] - 0.02  # more queries never lost much ground
+def test_transfer_reactivation_beats_guaa_at_the_same_budget(transfer):
+    victim, r = transfer
+    assert r["react_asr:tbra"] - r["guaa_asr:tbra"] >= 0.2, victim
 
 
-def test_reactivation_survives_noise_that_breaks_guaa(black_box):
-    victim, r = black_box
+def test_reactivation_survives_noise_that_breaks_guaa(transfer):
+    victim, r = transfer
     assert r["noise_asr:wba:RBA@0.09"] >= 0.3
     assert r["noise_asr:wba:gUAA@0.09"] <= r["guaa_asr:wba"] + 0.05
     assert r["feature_cka:wba:OBA~RBA"] > r["feature_cka:wba:OBA~gUAA"]

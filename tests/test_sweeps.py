@@ -154,3 +154,33 @@ def test_resume_after_kill(tmp_path):
     assert {k: after[k] for k in before} == before  # nothing finished was recomputed
     assert len(after) == len(build_graph(load_grid(grid_file)))
     assert not any((store / ".tmp").iterdir())  # the killed workers' leftovers were cleared
+
+
+def test_a_worker_that_dies_fails_its_job_only_and_is_replaced(tmp_path, monkeypatch, capsys):
+    # Kill the worker process the moment it is handed the defense job, as a
+    # segfault or the OOM killer would: that job fails, its dependents are
+    # skipped, a fresh worker takes every other job.
+    from sweeps import executor
+
+    for key, value in _env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    submit = executor.Worker.submit
+    killed = []
+
+    def submit_then_die(self, request):
+        ok = submit(self, request)
+        if request["job"].startswith("defense/") and not killed:
+            os.kill(self.process.pid, signal.SIGKILL)
+            killed.append(request["job"])
+        return ok
+
+    monkeypatch.setattr(executor.Worker, "submit", submit_then_die)
+    grid_file = _grid_file(tmp_path)
+    assert sweeps_main(["run", str(grid_file)]) == 1
+    assert "worker died" in capsys.readouterr().err
+    graph = build_graph(load_grid(grid_file))
+    (dead,) = killed
+    assert not graph.stored(dead)
+    assert "worker process died" in next((tmp_path / "out" / "logs").glob("defense-*.log")).read_text()
+    for job_id in set(graph.nodes) - graph.dependents(dead) - {dead}:
+        assert graph.stored(job_id), job_id

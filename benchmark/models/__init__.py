@@ -2,6 +2,8 @@
 perturbations and epsilons live in [0, 1] pixel space."""
 from __future__ import annotations
 
+import torch
+
 from benchmark.errors import UnknownNameError
 from benchmark.models.classifier import ImageClassifier
 from benchmark.models.preact_resnet18 import PreActResNet18
@@ -28,7 +30,8 @@ def build_model(arch: str, num_classes: int, in_channels: int, image_size: int,
         backbone = ARCHITECTURES[arch](num_classes=num_classes, in_channels=in_channels)
     else:
         raise UnknownNameError("architecture", arch, architecture_names())
-    return ImageClassifier(backbone, mean, std)
+    # Weights in channels_last to match the inputs (ImageClassifier.forward).
+    return ImageClassifier(backbone, mean, std).to(memory_format=torch.channels_last)
 
 
 __all__ = ["ImageClassifier", "build_model", "architecture_names", "ARCHITECTURES"]

@@ -66,7 +66,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule
+from lightning_modules.defenses.base import DefenseModule, check_parameters
 
 
 def threshold_grid(pruning_max: float, pruning_step: float) -> list[float]:
@@ -117,9 +117,7 @@ class AdversarialNeuronPruning(DefenseModule):
              pruning_number is None or (isinstance(pruning_number, int) and pruning_number >= 0),
              "None or an integer >= 0"),
         ]
-        for name, value, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"anp: {name}={value!r}; must be {allowed}")
+        check_parameters("anp", checks)
         if pruning_threshold is not None and pruning_number is not None:
             raise ConfigError(f"anp: pruning_threshold={pruning_threshold} and pruning_number={pruning_number}; "
                               f"give at most one")

@@ -30,7 +30,16 @@ from typing import Callable, Iterator
 
 import torch
 
+from benchmark.errors import ConfigError
 from lightning_modules.base import BackdoorStage
+
+
+def check_parameters(method: str, checks) -> None:
+    """Raise one ConfigError line for the first failed check; each check is
+    (parameter name, value, whether it is allowed, what is allowed)."""
+    for name, value, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{method}: {name}={value!r}; must be {allowed}")
 
 
 class DefenseModule(BackdoorStage):

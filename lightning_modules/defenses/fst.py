@@ -43,7 +43,7 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule
+from lightning_modules.defenses.base import DefenseModule, check_parameters
 
 #: the authors' recipe (stable_backdoor_purification fine_tune/ft.py, README)
 OFFICIAL_PARAMS = {"epochs": 10, "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
@@ -69,9 +69,7 @@ class FeatureShiftTuning(DefenseModule):
             ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
             ("alpha", alpha, alpha >= 0, ">= 0"),
         ]
-        for name, value, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"fst: {name}={value!r}; must be {allowed}")
+        check_parameters("fst", checks)
         head_name = getattr(model, "head_layer", None)
         head = model.get_submodule(head_name) if head_name else None
         if not isinstance(head, nn.Linear):

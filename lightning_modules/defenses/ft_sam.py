@@ -65,7 +65,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule
+from lightning_modules.defenses.base import DefenseModule, check_parameters
 
 #: added to the gradient norm before dividing (the reference's `perturb_eps`)
 PERTURB_EPS = 1e-12
@@ -173,9 +173,7 @@ class FineTuningSAM(DefenseModule):
             ("alpha", alpha, alpha >= 0, ">= 0"),
             ("lr_schedule", lr_schedule, lr_schedule in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
         ]
-        for name, value, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"ft-sam: {name}={value!r}; must be {allowed}")
+        check_parameters("ft-sam", checks)
         if num_classes < 2:
             raise ConfigError(f"ft-sam: num_classes={num_classes}; label smoothing needs at least 2 classes")
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr, momentum, weight_decay)

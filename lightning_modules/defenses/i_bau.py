@@ -82,9 +82,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule
+from lightning_modules.defenses.base import DefenseModule, check_parameters
 
 PERTURBATION_SPACES = ("normalized", "pixel")
 
@@ -145,9 +144,7 @@ class ImplicitBackdoorAdversarialUnlearning(DefenseModule):
              f"one of {', '.join(PERTURBATION_SPACES)}"),
             ("fixed_point_tol", fixed_point_tol, fixed_point_tol >= 0, ">= 0 (0 disables the early exit)"),
         ]
-        for name, value, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"i-bau: {name}={value!r}; must be {allowed}")
+        check_parameters("i-bau", checks)
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr,
                          weight_decay=weight_decay)
         self.hparams.pop("momentum", None)  # Adam: no momentum parameter (betas instead)

@@ -83,9 +83,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule
+from lightning_modules.defenses.base import DefenseModule, check_parameters
 
 #: consistency constant that makes the MAD estimate a normal standard deviation
 MAD_CONSTANT = 1.4826
@@ -218,9 +217,7 @@ class NeuralCleanse(DefenseModule):
             ("epsilon", epsilon, epsilon >= 0, ">= 0"),
             ("unlearning_ratio", unlearning_ratio, 0 < unlearning_ratio <= 1, "in (0, 1]"),
         ]
-        for name, value, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"nc: {name}={value}; must be {allowed}")
+        check_parameters("nc", checks)
         self.unchanged = False
         self.triggers: list[tuple[torch.Tensor, torch.Tensor]] = []  # (mask, pattern) per flagged label
         self.unlearn_idx: torch.Tensor | None = None

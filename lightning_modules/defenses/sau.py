@@ -71,9 +71,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule
+from lightning_modules.defenses.base import DefenseModule, check_parameters
 
 NORM_TYPES = ("L_inf", "L2", "L1", "Reg")
 PGD_INITS = ("max", "min", "zero", "random")
@@ -204,9 +203,7 @@ class SharedAdversarialUnlearning(DefenseModule):
             ("lmd_3", lmd_3, lmd_3 >= 0, ">= 0"),
             ("outer_steps", outer_steps, isinstance(outer_steps, int) and outer_steps >= 1, "an integer >= 1"),
         ]
-        for name, value, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"sau: {name}={value!r}; must be {allowed}")
+        check_parameters("sau", checks)
         # The reference trains on the clean subset with the test transform.
         super().__init__(model, num_classes, target_label, None, epochs, batch_size, lr,
                          weight_decay=weight_decay)

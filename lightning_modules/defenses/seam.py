@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule
+from lightning_modules.defenses.base import DefenseModule, check_parameters
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -85,9 +85,7 @@ class SelectiveAmnesia(DefenseModule):
              "None (min(2/C, 0.6)) or in (0, 1]"),
             ("recovery_accuracy", recovery_accuracy, 0 <= recovery_accuracy <= 1, "in [0, 1]"),
         ]
-        for name, value, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"seam: {name}={value!r}; must be {allowed}")
+        check_parameters("seam", checks)
         if num_classes < 2:
             raise ConfigError(f"seam: num_classes={num_classes}; random wrong labels need at least 2 classes")
         super().__init__(model, num_classes, target_label, augment if train_augment else None,
