@@ -34,7 +34,7 @@ test: install ## fast test suite (CPU, synthetic data, a few minutes)
 test-slow: install fashion-mnist ## science tests on real Fashion-MNIST (slow)
 	$(PY) -m pytest -q -m slow --override-ini="addopts="
 
-demo: install fashion-mnist ## the demo grid on Fashion-MNIST (CPU, minutes): BadNets and Blended x none/FT/NAD, BEC, WBA, report
+demo: install fashion-mnist ## the demo grid on Fashion-MNIST (CPU, ~15 min): BadNets and Blended x the paper's defenses, BEC, WBA + gUAA, report
 	$(PY) -m sweeps run sweeps/demo.yaml
 
 cell: install fashion-mnist ## one cell on Fashion-MNIST: BadNets vs FT and NAD at their defaults, BEC, WBA

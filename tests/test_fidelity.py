@@ -111,3 +111,23 @@ def test_reactivation_search_is_asked_in_fp32(make_cell, monkeypatch):
     monkeypatch.setattr(TrainerFactory, "fit", spy)
     cell.execute(cell.job("reactivation", "wba vs ft"))
     assert asked == ["32-true"]
+
+
+def test_bec_ranks_channels_on_more_pairs_than_it_compares(make_cell, monkeypatch):
+    # The authors rank on ~2,200 non-target test pairs and compare 500 of them
+    # (BEC/analy_backdoor_acti.py); the cell defaults say so.
+    from benchmark import cell as cell_module
+
+    assert (cell_module.CellSpec().bec_rank_samples, cell_module.CellSpec().bec_samples) == (2200, 500)
+    cell = make_cell(defenses=(), bec_samples=32, bec_rank_samples=80)
+    for job in cell.jobs:
+        if job.kind in ("train", "attack"):
+            cell.execute(job)
+    sizes = {}
+    rank, select = cell_module.rank_backdoor_channels, cell_module.selected_features
+    monkeypatch.setattr(cell_module, "rank_backdoor_channels",
+                        lambda m, layers, c, p, r: sizes.setdefault("rank", len(c)) and rank(m, layers, c, p, r))
+    monkeypatch.setattr(cell_module, "selected_features",
+                        lambda m, ch, x: sizes.setdefault("compare", len(x)) and select(m, ch, x))
+    cell.execute(cell.job("bec", "S(f_A, clean)"))
+    assert sizes == {"rank": 80, "compare": 32}
