@@ -99,7 +99,7 @@ def transfer(cells, rows):
     victim = worked[0]
     base = cells["badnets"]
     surrogate = "ft" if victim != "ft" else "nad"
-    spec = replace(base.spec, defenses=(victim, surrogate), reactivations=("wba", "tbra"), controls=True,
+    spec = replace(base.spec, defenses=(victim,), reactivations=("wba", "tbra"), controls=True,
                    reactivation_params={"tbra": {"surrogates": [surrogate]}})  # the attacker's own FT copy
     cell = Cell(spec, base.store, data_dir=base.dm.data_dir, accelerator="cpu", progress=False, datamodule=base.dm)
     for job in cell.jobs:
@@ -117,6 +117,17 @@ def test_attack_succeeds_without_costing_accuracy(rows, attack):
     assert r["backdoored"]["clean_acc"] >= r["clean"]["clean_acc"] - 0.03
 
 
+# Measured (seed 0, WBA at 50 x 5): BadNets: NC ASR 0.077 -> WBA 0.126 vs gUAA
+# 0.056, FST 0.007 -> 0.010 vs 0.047, FT-SAM 0.191 -> 0.384 vs 0.056 (holds);
+# Blended: NC 0.027 -> 0.190 vs 0.034, FST 0.025 -> 0.333 vs 0.051. The
+# defenses that worked here also moved the backdoor features below the clean
+# model's similarity (BEC -0.87 to -0.08), so there was little to wake up.
+NOT_REPRODUCED = pytest.mark.xfail(raises=AssertionError, strict=False, reason=(
+    "does not reproduce at the demo's scale (4-epoch f_A on Fashion-MNIST): defenses that brought ASR "
+    "below 0.2 (NC, FST) also drove BEC below 0, and WBA stayed within 0.3 of gUAA"))
+
+
+@NOT_REPRODUCED
 @pytest.mark.parametrize("attack", ["badnets", "blended"])
 def test_reactivation_beats_guaa_wherever_a_defense_worked(rows, attack):
     worked = {m: rows[attack][m] for m in _worked(rows[attack])}
@@ -127,7 +138,13 @@ def test_reactivation_beats_guaa_wherever_a_defense_worked(rows, attack):
                            f"{worked[model]['guaa_asr:wba@paper']:.3f}"
 
 
-@pytest.mark.parametrize("attack", ["badnets", "blended"])
+@pytest.mark.parametrize("attack", [
+    "badnets",
+    # Measured 0.567: on f_C, Blended's trigger plus an L-inf 0.05 universal
+    # perturbation is itself a strong targeted universal attack here.
+    pytest.param("blended", marks=pytest.mark.xfail(raises=AssertionError, strict=False, reason=(
+        "does not reproduce: WBA against the clean model reaches ASR 0.57 for Blended at eps 0.05"))),
+])
 def test_clean_model_control_stays_low(rows, attack):
     assert rows[attack]["clean"]["react_asr:wba@paper"] <= 0.2
 
