@@ -149,11 +149,21 @@ def test_clean_model_control_stays_low(rows, attack):
     assert rows[attack]["clean"]["react_asr:wba@paper"] <= 0.2
 
 
+# Measured against NC (BadNets; it flagged labels 0, 8, 6 with anomaly index
+# 6.4): TBRA 0.082 vs gUAA 0.043; RBA 0.126 -> 0.090 under noise 0.09 while
+# OBA stays at 0.99; feature CKA OBA~RBA 0.819 vs OBA~gUAA 0.814.
+CLAIM_4_NOT_REPRODUCED = pytest.mark.xfail(raises=AssertionError, strict=False, reason=(
+    "does not reproduce at the demo's scale: the first defense that worked (NC) leaves nothing that WBA or "
+    "TBRA wakes up, so the noise and feature controls have no re-activation to measure"))
+
+
+@CLAIM_4_NOT_REPRODUCED
 def test_transfer_reactivation_beats_guaa_at_the_same_budget(transfer):
     victim, r = transfer
     assert r["react_asr:tbra"] - r["guaa_asr:tbra"] >= 0.2, victim
 
 
+@CLAIM_4_NOT_REPRODUCED
 def test_reactivation_survives_noise_that_breaks_guaa(transfer):
     victim, r = transfer
     assert r["noise_asr:wba:RBA@0.09"] >= 0.3
