@@ -34,6 +34,20 @@ from benchmark.errors import ConfigError
 from lightning_modules.base import BackdoorStage
 
 
+def training_checks(epochs: int, batch_size: int, lr: float, momentum: float | None = None,
+                    weight_decay: float | None = None) -> list[tuple]:
+    """The checks of the training parameters most defenses share, in the
+    form `check_parameters` takes (momentum / weight decay when given)."""
+    checks = [("epochs", epochs, isinstance(epochs, int) and epochs >= 0, "an integer >= 0"),
+              ("batch_size", batch_size, isinstance(batch_size, int) and batch_size > 0, "an integer > 0"),
+              ("lr", lr, lr > 0, "> 0")]
+    if momentum is not None:
+        checks.append(("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"))
+    if weight_decay is not None:
+        checks.append(("weight_decay", weight_decay, weight_decay >= 0, ">= 0"))
+    return checks
+
+
 def check_parameters(method: str, checks) -> None:
     """Raise one ConfigError line for the first failed check; each check is
     (parameter name, value, whether it is allowed, what is allowed)."""

@@ -43,7 +43,7 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters
+from lightning_modules.defenses.base import DefenseModule, check_parameters, training_checks
 
 #: the authors' recipe (stable_backdoor_purification fine_tune/ft.py, README)
 OFFICIAL_PARAMS = {"epochs": 10, "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
@@ -62,11 +62,7 @@ class FeatureShiftTuning(DefenseModule):
                  momentum: float = 0.9, weight_decay: float = 5e-4, alpha: float = 0.2,
                  reinit_bias: bool = False, rescale_at_init: bool = True, train_augment: bool = False):
         checks = [
-            ("epochs", epochs, isinstance(epochs, int) and epochs >= 0, "an integer >= 0"),
-            ("batch_size", batch_size, isinstance(batch_size, int) and batch_size > 0, "an integer > 0"),
-            ("lr", lr, lr > 0, "> 0"),
-            ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
-            ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+            *training_checks(epochs, batch_size, lr, momentum, weight_decay),
             ("alpha", alpha, alpha >= 0, ">= 0"),
         ]
         check_parameters("fst", checks)

@@ -65,7 +65,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters
+from lightning_modules.defenses.base import DefenseModule, check_parameters, training_checks
 
 #: added to the gradient norm before dividing (the reference's `perturb_eps`)
 PERTURB_EPS = 1e-12
@@ -163,11 +163,7 @@ class FineTuningSAM(DefenseModule):
                  adaptive: bool = True, label_smoothing: float = 0.1, alpha: float = 0.0,
                  lr_schedule: str = "cosine-t100"):
         checks = [
-            ("epochs", epochs, isinstance(epochs, int) and epochs >= 0, "an integer >= 0"),
-            ("batch_size", batch_size, isinstance(batch_size, int) and batch_size > 0, "an integer > 0"),
-            ("lr", lr, lr > 0, "> 0"),
-            ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
-            ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+            *training_checks(epochs, batch_size, lr, momentum, weight_decay),
             ("rho", rho, rho >= 0, ">= 0"),
             ("label_smoothing", label_smoothing, 0 <= label_smoothing < 1, "in [0, 1)"),
             ("alpha", alpha, alpha >= 0, ">= 0"),

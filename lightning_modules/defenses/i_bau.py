@@ -83,7 +83,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters
+from lightning_modules.defenses.base import DefenseModule, check_parameters, training_checks
 
 PERTURBATION_SPACES = ("normalized", "pixel")
 
@@ -129,13 +129,10 @@ class ImplicitBackdoorAdversarialUnlearning(DefenseModule):
                  perturbed_fraction: float = 0.01, perturbation_space: str = "normalized",
                  fixed_point_tol: float = 1e-10, mixed_precision: bool = False):
         checks = [
-            ("epochs", epochs, isinstance(epochs, int) and epochs >= 0, "an integer >= 0"),
+            *training_checks(epochs, batch_size, lr, weight_decay=weight_decay),
             ("fixed_point_steps", fixed_point_steps, isinstance(fixed_point_steps, int) and fixed_point_steps >= 0,
              "an integer >= 0"),
-            ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an integer >= 1"),
-            ("lr", lr, lr > 0, "> 0"),
             ("betas", betas, len(betas) == 2 and all(0 <= b < 1 for b in betas), "two values in [0, 1)"),
-            ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
             ("inner_lr", inner_lr, inner_lr > 0, "> 0"),
             ("fixed_point_lr", fixed_point_lr, fixed_point_lr > 0, "> 0"),
             ("perturbation_reg", perturbation_reg, perturbation_reg >= 0, ">= 0"),

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters
+from lightning_modules.defenses.base import DefenseModule, check_parameters, training_checks
 
 NORM_TYPES = ("L_inf", "L2", "L1", "Reg")
 PGD_INITS = ("max", "min", "zero", "random")
@@ -186,11 +186,8 @@ class SharedAdversarialUnlearning(DefenseModule):
                  lmd_1: float = 1.0, lmd_2: float = 0.0, lmd_3: float = 1.0, outer_steps: int = 1,
                  train_mode: bool = False, clip_images: bool = False, mixed_precision: bool = False):
         checks = [
-            ("epochs", epochs, isinstance(epochs, int) and epochs >= 0, "an integer >= 0"),
-            ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1, "an integer >= 1"),
-            ("lr", lr, lr > 0, "> 0"),
+            *training_checks(epochs, batch_size, lr, weight_decay=weight_decay),
             ("betas", betas, len(betas) == 2 and all(0 <= b < 1 for b in betas), "two values in [0, 1)"),
-            ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
             ("norm_type", norm_type, norm_type in NORM_TYPES, f"one of {', '.join(NORM_TYPES)}"),
             ("trigger_norm", trigger_norm, trigger_norm > 0, "> 0"),
             ("adv_lr", adv_lr, adv_lr > 0, "> 0"),

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters
+from lightning_modules.defenses.base import DefenseModule, check_parameters, training_checks
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -74,12 +74,9 @@ class SelectiveAmnesia(DefenseModule):
                  forget_accuracy: float | None = None, recovery_accuracy: float = 0.97,
                  train_augment: bool = False):
         checks = [
-            ("epochs", epochs, isinstance(epochs, int) and epochs >= 0, "an integer >= 0"),
+            *training_checks(epochs, batch_size, lr, weight_decay=weight_decay),
             ("forget_epochs", forget_epochs, isinstance(forget_epochs, int) and forget_epochs >= 0,
              "an integer >= 0"),
-            ("batch_size", batch_size, isinstance(batch_size, int) and batch_size > 0, "an integer > 0"),
-            ("lr", lr, lr > 0, "> 0"),
-            ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
             ("forget_fraction", forget_fraction, 0 < forget_fraction <= 1, "in (0, 1]"),
             ("forget_accuracy", forget_accuracy, forget_accuracy is None or 0 < forget_accuracy <= 1,
              "None (min(2/C, 0.6)) or in (0, 1]"),
