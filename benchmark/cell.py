@@ -15,26 +15,35 @@ order in this process; the sweep executor runs jobs one per subprocess.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import lightning as L
 import torch
 from rich.console import Console
 
+import benchmark.bec as bec_module
+import benchmark.controls as controls_module
+import benchmark.training as training_module
+import lightning_modules.reactivation.oracle as oracle_module
 from benchmark.bec import (backdoor_existence_coefficient, backdoor_similarity, min_max_bec,
                            rank_backdoor_channels, selected_features)
 from benchmark.controls import NOISE_LEVELS, mechanism_similarity, noise_robustness
 from benchmark.errors import ConfigError, StoreError
+from benchmark.fingerprint import code_fingerprint
 from benchmark.metrics import defense_effectiveness_rating
 from benchmark.models import ImageClassifier, build_model
+from benchmark.schema import Fraction, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt, check_value, \
+    validate_params
 from benchmark.store import Artifact, ArtifactStore, stage_key
 from benchmark.training import TrainerFactory
-from benchmark.triggers import build_trigger
+from benchmark.triggers import TRIGGERS, build_trigger
 from datamodules import DATASETS, build_datamodule
 from lightning_modules.attacks import ATTACKS
 from lightning_modules.base import BackdoorStage
@@ -47,7 +56,11 @@ CLEAN_ROW, BACKDOORED_ROW = "clean", "backdoored"
 # Parameters of transfer methods that choose surrogates; the runner, not the
 # module, consumes them.
 SURROGATE_KEYS = ("surrogates", "surrogate_arch")
-CLEAN_DATA_ORDERS = ("own", "shared")
+# __init__ arguments the runner supplies; the rest of a method's typed
+# signature is what a user may set.
+DEFENSE_RUNNER_ARGS = ("model", "num_classes", "target_label", "augment")
+REACTIVATION_RUNNER_ARGS = ("model", "oracle", "surrogates", "image_shape", "target_label", "epsilon", "norm",
+                            "seed")
 # f_C's shuffling seed is offset from f_A's by this much when it has its own order.
 CLEAN_ORDER_OFFSET = 1_000_003
 # Re-activation search and every evaluation run in full precision, as the
@@ -55,76 +68,91 @@ CLEAN_ORDER_OFFSET = 1_000_003
 SEARCH_PRECISION = "32-true"
 
 
+def _field(default, help: str):
+    """A CellSpec field with its command-line help (the CLI is derived from
+    these fields, their type hints and defaults)."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class CellSpec:
     """Everything that defines a cell. Defaults follow PAPER.md except the
-    training length, which the user sets (`epochs`)."""
-    dataset: str = "fashion_mnist"
-    arch: str = "small_cnn"
-    attack: str = "badnets"
-    defenses: tuple[str, ...] = ("ft", "nad")
-    seed: int = 0
-    epochs: int = 3                 # clean and backdoored model training
-    batch_size: int = 128
-    lr: float = 0.01
-    poison_rate: float = 0.1
+    training length, which the user sets (`epochs`). The type hints are the
+    schema: `validate` checks every value against them (benchmark.schema)."""
+    dataset: str = _field("fashion_mnist", "dataset name")
+    arch: str = _field("small_cnn", "architecture: preact_resnet18, small_cnn or timm:<name>")
+    attack: str = _field("badnets", "attack name, or a plugin package.module:Name / file.py:Name")
+    defenses: tuple[str, ...] = _field(("ft", "nad"), "defense names or plugins (package.module:Class, "
+                                       "path/to/file.py:Class)")
+    seed: NonNegativeInt = _field(0, "seed of data selections, initialisation and data order")
+    epochs: PositiveInt = _field(3, "training epochs of the clean and backdoored models")
+    batch_size: PositiveInt = _field(128, "batch size of the clean and backdoored models")
+    lr: PositiveFloat = _field(0.01, "learning rate of the clean and backdoored models")
+    poison_rate: OpenUnitInterval = _field(0.1, "fraction of training samples poisoned")
     # "all": poisoned indices drawn from every training sample (BackdoorBench);
     # "non_target": from non-target samples only, so every one is label-flipped
-    poison_selection: str = "all"
-    target_label: int = 0
-    clean_ratio: float = 0.05      # the defender's clean subset
-    reactivations: tuple[str, ...] = ("wba",)
-    epsilon: float = 0.05
-    norm: str = "linf"
+    poison_selection: Literal["all", "non_target"] = _field(
+        "all", "draw poisoned samples from all training samples (BackdoorBench) or non-target ones")
+    target_label: NonNegativeInt = _field(0, "the backdoor's target class")
+    clean_ratio: Fraction = _field(0.05, "the defender's clean subset, fraction of the training set")
+    reactivations: tuple[str, ...] = _field(("wba",), "re-activation methods or plugins")
+    epsilon: PositiveFloat = _field(0.05, "re-activation budget in [0, 1] pixel units (L-inf: below 1)")
+    norm: Literal["linf", "l2", "l1"] = _field("linf", "norm of the re-activation budget")
     # the noise-robustness and feature-CKA controls per method x defense (the
     # gUAA control always runs)
-    controls: bool = True
-    bec_samples: int = 500          # triggered test images whose features BEC compares
-    bec_rank_samples: int = 2200    # clean/triggered test pairs that rank the channels (the authors' ~2,200)
-    bec_ratio: float = 0.1
+    controls: bool = _field(True, "run the noise-robustness and feature-CKA controls")
+    bec_samples: PositiveInt = _field(500, "triggered test images whose features BEC compares")
+    bec_rank_samples: PositiveInt = _field(2200, "clean/triggered test pairs that rank BEC's channels "
+                                                 "(the authors' ~2,200)")
+    bec_ratio: Fraction = _field(0.1, "fraction of channels BEC keeps per layer")
     # f_C starts from f_A's seeded initialisation (BackdoorBench's seed-0
     # convention) but sees the data in its own order, as a separate training
     # run would ("own"); "shared" gives it f_A's exact data order as well.
-    clean_data_order: str = "own"
-    trigger_params: dict = field(default_factory=dict)       # overrides of the attack preset
-    defense_params: dict = field(default_factory=dict)       # {defense: {param: value}}
-    reactivation_params: dict = field(default_factory=dict)  # {method: {param: value}}
-    data_params: dict = field(default_factory=dict)          # extra data-module arguments
+    clean_data_order: Literal["own", "shared"] = _field(
+        "own", "the clean model's data order: its own (a separate run) or the backdoored model's")
+    trigger_params: dict = _field({}, "JSON overrides of the attack's trigger, e.g. '{\"size\": 4}'")
+    defense_params: dict = _field({}, "JSON {defense: {param: value}}, e.g. '{\"ft\": {\"epochs\": 20}}'")
+    reactivation_params: dict = _field({}, "JSON {method: {param: value}}, e.g. '{\"wba\": {\"epochs\": 10}}'")
+    data_params: dict = _field({}, "JSON extra data-module arguments")
 
     def validate(self) -> None:
+        """Every value against its type hint, every name against its registry
+        (plugins included), every method parameter against the method's
+        typed __init__: one-line ConfigErrors, before anything runs."""
+        hints = typing.get_type_hints(CellSpec)
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, check_value("cell", f.name, getattr(self, f.name), hints[f.name]))
         DATASETS.get(self.dataset)
         if ATTACKS.get(self.attack).trigger is None:
             raise ConfigError(f"attack {self.attack!r} has no trigger: the clean model is the control every "
                               f"cell trains itself; choose one of: "
                               f"{', '.join(n for n in ATTACKS.names() if ATTACKS.get(n).trigger)}")
+        trigger = ATTACKS.get(self.attack).trigger
+        self.trigger_params = validate_params(f"trigger {trigger!r}", TRIGGERS.get(trigger), self.trigger_params,
+                                              ("image_shape",))
         for name in self.reactivations:
             REACTIVATIONS.get(name)
         for name in self.defenses:
             DEFENSES.get(name)
-        for name in self.defense_params:
-            DEFENSES.get(name)
-        for name in self.reactivation_params:
-            REACTIVATIONS.get(name)
         if len(set(self.defenses)) != len(self.defenses):
             raise ConfigError(f"defenses listed twice: {list(self.defenses)}")
-        if not 0.0 < self.poison_rate < 1.0:
-            raise ConfigError(f"poison rate must be in (0, 1), got {self.poison_rate}")
-        if not 0.0 < self.clean_ratio <= 1.0:
-            raise ConfigError(f"clean ratio must be in (0, 1], got {self.clean_ratio}")
         check_budget(self.norm, self.epsilon)
-        for name, value in (("epochs", self.epochs), ("batch size", self.batch_size),
-                            ("BEC samples", self.bec_samples), ("BEC ranking samples", self.bec_rank_samples)):
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
-        if not 0.0 < self.bec_ratio <= 1.0:
-            raise ConfigError(f"BEC channel ratio must be in (0, 1], got {self.bec_ratio}")
-        if self.lr <= 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
-        if self.poison_selection not in ("all", "non_target"):
-            raise ConfigError(f"poison_selection must be 'all' or 'non_target', got {self.poison_selection!r}")
-        if self.clean_data_order not in CLEAN_DATA_ORDERS:
-            raise ConfigError(f"clean_data_order must be one of {', '.join(CLEAN_DATA_ORDERS)}, "
-                              f"got {self.clean_data_order!r}")
+        for section in ("defense_params", "reactivation_params"):
+            for name, params in getattr(self, section).items():
+                if not isinstance(params, dict):
+                    raise ConfigError(f"cell: {section}[{name!r}] must map parameter names to values, "
+                                      f"got {params!r}")
+        self.defense_params = {name: validate_params(f"defense {name!r}", DEFENSES.get(name), params,
+                                                     DEFENSE_RUNNER_ARGS)
+                               for name, params in self.defense_params.items()}
+        self.reactivation_params = {
+            name: {**validate_params(f"re-activation {name!r}", REACTIVATIONS.get(name),
+                                     {k: v for k, v in params.items() if k not in SURROGATE_KEYS},
+                                     REACTIVATION_RUNNER_ARGS),
+                   **_surrogate_params(name, params)}
+            for name, params in self.reactivation_params.items()}
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -134,10 +162,26 @@ class CellSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "CellSpec":
         data = dict(data)
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"cell: unknown field(s) {unknown}; allowed: "
+                              f"{', '.join(f.name for f in dataclasses.fields(cls))}")
         for key in ("defenses", "reactivations"):
-            if key in data:
+            if key in data and isinstance(data[key], list):
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+def _surrogate_params(method: str, params: dict) -> dict:
+    """The transfer runner's own parameters (which defenses, which arch)."""
+    out = {k: params[k] for k in SURROGATE_KEYS if k in params}
+    if "surrogates" in out:
+        out["surrogates"] = check_value(f"re-activation {method!r}", "surrogates", out["surrogates"],
+                                        list[str] | None)
+    if "surrogate_arch" in out:
+        out["surrogate_arch"] = check_value(f"re-activation {method!r}", "surrogate_arch",
+                                            out["surrogate_arch"], str | None)
+    return out
 
 
 @dataclass(eq=False)
@@ -246,7 +290,8 @@ class Cell:
 
         clean = add(self._train_job(None))
         attack = add(self._train_job(s.arch))
-        add(StageJob("evaluate", "clean model under the trigger", {"what": "clean model vs trigger"},
+        add(StageJob("evaluate", "clean model under the trigger",
+                     {"what": "clean model vs trigger", "code": code_fingerprint(BackdoorStage, training_module)},
                      {"model": clean, "attack": attack}, self._run_evaluate))
         models = {CLEAN_ROW: clean, BACKDOORED_ROW: attack}
         for name in s.defenses:
@@ -268,7 +313,8 @@ class Cell:
                 if rba and guaa:
                     add(StageJob("controls", f"{method} vs {label}",
                                  {"noise_levels": list(NOISE_LEVELS), "samples": s.bec_samples, "seed": s.seed,
-                                  "features": "TAC-ranked channels of the BEC layers", "channel_ratio": s.bec_ratio},
+                                  "features": "TAC-ranked channels of the BEC layers", "channel_ratio": s.bec_ratio,
+                                  "code": code_fingerprint(controls_module, bec_module)},
                                  {"attack": attack, "model": models[label], "rba": rba, "guaa": guaa},
                                  self._run_controls))
         self._by_label = by_label
@@ -285,17 +331,33 @@ class Cell:
         s = self.spec
         config = {"data": self.dm.identity(), "model": self.model_spec(arch), "train": self.train_spec()}
         if arch is None:
-            return StageJob("train", "clean model", {"attack": "clean", "data_order": s.clean_data_order, **config},
+            code = self._training_code(config["model"], "clean")
+            return StageJob("train", "clean model",
+                            {"attack": "clean", "data_order": s.clean_data_order, **config, "code": code},
                             {}, lambda inputs: self._train_model(config["model"], None))
         config = {"attack": s.attack, "trigger": self.trigger_config, "poison_rate": s.poison_rate,
-                  "poison_selection": s.poison_selection, "target_label": s.target_label, **config}
+                  "poison_selection": s.poison_selection, "target_label": s.target_label, **config,
+                  "code": self._training_code(config["model"], s.attack)}
         label = s.attack if arch == s.arch else f"{s.attack} ({arch})"
         return StageJob("attack", label, config, {}, lambda inputs: self._train_model(config["model"], self.trigger))
+
+    # ---- code fingerprints (benchmark.fingerprint): part of every job's key -------------
+    def _training_code(self, model_spec: dict, attack: str) -> str:
+        """The code that trains f_C / f_A: the attack's module, preset and
+        trigger, the architecture, the data module and the trainer."""
+        preset = ATTACKS.get(attack)
+        model = self.new_model(model_spec)
+        objects = [preset.module_class(), ATTACKS.origin(attack), type(model), type(model.backbone),
+                   type(self.dm), training_module]
+        if preset.trigger is not None:
+            objects += [TRIGGERS.get(preset.trigger), TRIGGERS.origin(preset.trigger)]
+        return code_fingerprint(*objects)
 
     def _defense_job(self, name: str, attack: StageJob) -> StageJob:
         model_spec = attack.config["model"]
         config = {"defense": name, "params": self._defense_module(name, self.new_model(model_spec)).config(),
-                  "clean_ratio": self.spec.clean_ratio, "seed": self.spec.seed, "model": model_spec}
+                  "clean_ratio": self.spec.clean_ratio, "seed": self.spec.seed, "model": model_spec,
+                  "code": code_fingerprint(DEFENSES.get(name), DEFENSES.origin(name), training_module)}
         label = name if model_spec["arch"] == self.spec.arch else f"{name} ({model_spec['arch']})"
         return StageJob("defense", label, config, {"attack": attack}, lambda inputs: self._run_defense(name, inputs))
 
@@ -303,7 +365,7 @@ class Cell:
         s = self.spec
         layers = self.new_model(attack.config["model"]).bec_layers
         config = {"samples": s.bec_samples, "rank_samples": s.bec_rank_samples, "channel_ratio": s.bec_ratio,
-                  "seed": s.seed, "layers": layers}
+                  "seed": s.seed, "layers": layers, "code": code_fingerprint(bec_module)}
         return StageJob("bec", f"S(f_A, {label})", config, {"attack": attack, "clean": clean, "model": other},
                         self._run_bec)
 
@@ -324,7 +386,8 @@ class Cell:
         probe = self._reactivation_module(method, self._attack_target(cls, self.new_model(victim.config["model"]),
                                                                       params, surrogates=None), params)
         config = {"method": method, "params": probe.config(), "inputs": "trigger" if use_trigger else "clean",
-                  **({"surrogates": runner_params} if runner_params else {})}
+                  **({"surrogates": runner_params} if runner_params else {}),
+                  "code": code_fingerprint(cls, REACTIVATIONS.origin(method), oracle_module, training_module)}
         kind = "reactivation" if use_trigger else "guaa"
         return StageJob(kind, f"{method} vs {label}", config, deps,
                         lambda inputs: self._run_reactivation(method, params, use_trigger, inputs))

@@ -3,9 +3,11 @@ its table. ``python -m benchmark`` is the same program."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+import typing
 from pathlib import Path
 
 from rich.console import Console
@@ -17,7 +19,6 @@ from datamodules import DATASETS
 from lightning_modules.attacks import ATTACKS
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
-from lightning_modules.reactivation.norms import NORMS
 
 COLUMNS = [("model", "model"), ("clean_acc", "C-Acc"), ("asr", "ASR"), ("ra", "RA"), ("der", "DER"),
            ("bec", "BEC"), ("bec_minmax", "BEC min-max (authors)"), ("similarity", "S raw"), ("seconds", "s")]
@@ -40,45 +41,78 @@ def _json_dict(text: str) -> dict:
     return value
 
 
+def add_spec_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One option per CellSpec field, derived from its type hint, default and
+    help: `--poison-rate 0.05`, lists as `--defenses ft nad`, mappings as
+    JSON, booleans as `--controls/--no-controls`. Values arrive as text and
+    are checked against the same hints by `CellSpec.validate`, so the
+    command line and grid files share one schema and one error format."""
+    from benchmark.cell import CellSpec
+
+    hints = typing.get_type_hints(CellSpec)
+    names = {"dataset": DATASETS.names(), "arch": architecture_names(),
+             "attack": [n for n in ATTACKS.names() if n != "clean"], "defenses": DEFENSES.names(),
+             "reactivations": REACTIVATIONS.names()}
+    for f in dataclasses.fields(CellSpec):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        if f.name in names:
+            help_text = f"{help_text}; built in: {', '.join(names[f.name])}"
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif typing.get_origin(hint) is tuple:
+            parser.add_argument(flag, nargs="+", default=list(default), metavar="NAME", help=help_text)
+        elif hint is dict:
+            parser.add_argument(flag, type=_json_dict, default=default, metavar="JSON", help=help_text)
+        else:
+            choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+            if choices:
+                help_text = f"{help_text} ({' | '.join(choices)})"
+            parser.add_argument(flag, default=default, metavar=f.name.upper(), help=help_text)
+
+
+def spec_from_args(args: argparse.Namespace, **overrides):
+    """The CellSpec the options describe (validated by the caller)."""
+    from benchmark.cell import CellSpec
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(CellSpec) if hasattr(args, f.name)}
+    for key in ("defenses", "reactivations"):
+        if key in values:
+            values[key] = tuple(values[key])
+    values.update(overrides)
+    return CellSpec(**values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bdbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cell = sub.add_parser("cell", help="run one cell: clean model, attack, defenses, BEC, re-activation",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    cell.add_argument("--dataset", default="fashion_mnist", help=f"one of: {', '.join(DATASETS.names())}")
-    cell.add_argument("--arch", default="small_cnn", help=f"one of: {', '.join(architecture_names())}")
-    cell.add_argument("--attack", default="badnets",
-                      help=f"one of: {', '.join(n for n in ATTACKS.names() if n != 'clean')}")
-    cell.add_argument("--defenses", nargs="+", default=["ft", "nad"], help=f"any of: {', '.join(DEFENSES.names())}")
-    cell.add_argument("--seed", type=int, default=0)
-    cell.add_argument("--epochs", type=int, default=3, help="training epochs of the clean and backdoored models")
-    cell.add_argument("--batch-size", type=int, default=128)
-    cell.add_argument("--lr", type=float, default=0.01, help="learning rate of the clean and backdoored models")
-    cell.add_argument("--poison-rate", type=float, default=0.1)
-    cell.add_argument("--poison-selection", default="all", choices=["all", "non_target"],
-                      help="draw poisoned samples from all training samples (BackdoorBench) or non-target ones")
-    cell.add_argument("--clean-data-order", default="own", choices=["own", "shared"],
-                      help="the clean model's data order: its own (a separate run) or the backdoored model's")
-    cell.add_argument("--target-label", type=int, default=0)
-    cell.add_argument("--clean-ratio", type=float, default=0.05, help="defender's clean subset, fraction of train")
-    cell.add_argument("--reactivations", nargs="+", default=["wba"],
-                      help=f"any of: {', '.join(REACTIVATIONS.names())}")
-    cell.add_argument("--epsilon", type=float, default=0.05, help="perturbation budget in [0,1] pixel units")
-    cell.add_argument("--norm", default="linf", help=f"one of: {', '.join(NORMS)}")
-    cell.add_argument("--bec-samples", type=int, default=500, help="triggered test images BEC compares")
-    cell.add_argument("--bec-rank-samples", type=int, default=2200, help="test pairs that rank BEC's channels")
-    cell.add_argument("--bec-ratio", type=float, default=0.1, help="fraction of channels kept per layer")
-    cell.add_argument("--trigger-params", type=_json_dict, default={}, help="JSON overrides of the attack's trigger")
-    cell.add_argument("--defense-params", type=_json_dict, default={},
-                      help="JSON {defense: {param: value}}, e.g. '{\"ft\": {\"epochs\": 20}}'")
-    cell.add_argument("--reactivation-params", type=_json_dict, default={},
-                      help="JSON {method: {param: value}}, e.g. '{\"wba\": {\"epochs\": 10}}'")
-    cell.add_argument("--data-params", type=_json_dict, default={}, help="JSON extra data-module arguments")
+    add_spec_arguments(cell)
     cell.add_argument("--data-dir", default="data", help="where datasets are looked for / downloaded")
     cell.add_argument("--store", default="store", help="artifact store directory")
     cell.add_argument("--out", default=None, help="write the results table here as JSON")
     cell.add_argument("--accelerator", default="auto", help="auto, cpu or gpu")
     cell.add_argument("--no-progress", action="store_true", help="no progress bars or stage log")
+    score = sub.add_parser("score", help="score one defense (built-in or plugin) against a grid's attacks and "
+                                         "re-activation methods, beside the grid's own defenses",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    score.add_argument("defense", help="a defense name or plugin (package.module:Class, path/to/file.py:Class)")
+    score.add_argument("--grid", default="sweeps/demo.yaml", help="grid file (on GPUs: sweeps/cifar10.yaml)")
+    score.add_argument("--params", type=_json_dict, default={}, metavar="JSON",
+                       help="the defense's parameters, e.g. '{\"epochs\": 20}'")
+    score.add_argument("--reactivations", nargs="+", default=None, metavar="NAME",
+                       help="re-activation methods (default: the grid's; 'all' for every one)")
+    score.add_argument("--store", default=None, help="overrides the grid's store directory")
+    score.add_argument("--data-dir", default=None, help="overrides the grid's data directory")
+    score.add_argument("--output", default=None, help="where the leaderboard goes (default: <grid output>/score)")
+    score.add_argument("--cpu-workers", type=int, default=None, help="overrides the grid's executor.cpu_workers")
+    score.add_argument("--jobs-per-gpu", type=int, default=None, help="overrides the grid's executor.jobs_per_gpu")
+    score.add_argument("--dry-run", action="store_true", help="list the jobs and which are in the store")
     return parser
 
 
@@ -116,18 +150,10 @@ def table_console() -> Console:
 
 
 def run_cell(args) -> int:
-    from benchmark.cell import Cell, CellSpec
+    from benchmark.cell import Cell
     from benchmark.store import ArtifactStore
 
-    spec = CellSpec(dataset=args.dataset, arch=args.arch, attack=args.attack, defenses=tuple(args.defenses),
-                    seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    poison_rate=args.poison_rate, poison_selection=args.poison_selection,
-                    clean_data_order=args.clean_data_order, bec_rank_samples=args.bec_rank_samples,
-                    target_label=args.target_label, clean_ratio=args.clean_ratio,
-                    reactivations=tuple(args.reactivations), epsilon=args.epsilon, norm=args.norm,
-                    bec_samples=args.bec_samples, bec_ratio=args.bec_ratio, trigger_params=args.trigger_params,
-                    defense_params=args.defense_params, reactivation_params=args.reactivation_params,
-                    data_params=args.data_params)
+    spec = spec_from_args(args)
     start = time.perf_counter()
     store = ArtifactStore(args.store)
     store.remove_stale_temporaries()  # what an interrupted earlier run left half-written
@@ -150,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "cell":
             return run_cell(args)
+        if args.command == "score":
+            from benchmark.score import run_score
+
+            return run_score(args)
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

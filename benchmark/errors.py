@@ -7,9 +7,9 @@ class BenchmarkError(Exception):
 
 
 class UnknownNameError(BenchmarkError, KeyError):
-    def __init__(self, kind: str, name: str, choices):
+    def __init__(self, kind: str, name: str, choices, hint: str = ""):
         self.kind, self.name, self.choices = kind, name, sorted(choices)
-        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(self.choices)}")
+        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(self.choices)}{hint}")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]

@@ -160,3 +160,28 @@ def sync_command(save_dir: Path) -> list[str]:
     `wandb` so the venv's copy is used even when its bin/ is not on PATH."""
     return [sys.executable, "-m", "wandb", "sync", "--no-include-online", "--no-include-synced",
             str(Path(save_dir) / "wandb")]
+
+
+def log_leaderboard(*, project: str, save_dir: Path, name: str, board: list[dict],
+                    figure_path: Path | None) -> str | None:
+    """One "leaderboard" run holding the ranked defenses as a table and the
+    cost-vs-headline figure; returns its local run directory, or None when
+    disabled."""
+    mode = wandb_mode()
+    if mode == "disabled":
+        return None
+    import wandb
+
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(project=project, dir=str(save_dir), group=name, job_type="leaderboard",
+                     name=f"leaderboard:{name}", mode=mode, settings=_settings(), reinit="finish_previous")
+    try:
+        payload = {"leaderboard": _table(board)}
+        if figure_path is not None and Path(figure_path).suffix.lower() == ".png" and Path(figure_path).exists():
+            payload["figures/leaderboard"] = wandb.Image(str(figure_path))
+        run.log(payload)
+        run_dir = str(Path(run.dir).parent)  # run.dir is <run>/files
+    finally:
+        run.finish()
+    return run_dir

@@ -67,9 +67,6 @@ class BackdoorStage(L.LightningModule):
     def trainable_parameters(self):
         return self.model.parameters()
 
-    #: learning-rate schedules a stage may name in an `lr_schedule` parameter
-    LR_SCHEDULES = ("cosine", "constant")
-
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.trainable_parameters(), lr=self.hparams.lr,
                               momentum=self.hparams.momentum, weight_decay=self.hparams.weight_decay)

@@ -61,13 +61,14 @@ class JobGraph:
         return json.dumps(self.nodes[job_id].cell.spec.to_dict())
 
 
-def build_graph(grid: Grid, store: ArtifactStore | None = None) -> JobGraph:
-    """Plan every cell (loading each dataset once); raises on any bad name,
-    value or missing dataset before a single job runs."""
+def build_graph(grid: Grid, store: ArtifactStore | None = None, specs=None) -> JobGraph:
+    """Plan every cell of the grid, or the cells `specs` describe when given
+    (loading each dataset once); raises on any bad name, value or missing
+    dataset before a single job runs."""
     store = store or ArtifactStore(grid.store)
     modules = {}
     cells = []
-    for spec in grid.cells():
+    for spec in (grid.cells() if specs is None else specs):
         key = (spec.dataset, json.dumps(spec.data_params, sort_keys=True))
         if key not in modules:
             modules[key] = build_datamodule(spec.dataset, data_dir=grid.data_dir, batch_size=spec.batch_size,

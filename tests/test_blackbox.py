@@ -6,6 +6,7 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.models import build_model
+from benchmark.schema import validate_params
 from benchmark.training import TrainerFactory
 from datamodules import build_datamodule
 from lightning_modules.reactivation import REACTIVATIONS
@@ -164,5 +165,7 @@ def test_tbra_uses_surrogates_only(ensemble):
 def test_bad_inputs_rejected(name, kwargs, match):
     model = build_model("small_cnn", 4, 1, 16, (0.5,), (0.5,))
     first = kwargs.pop("surrogates", [model]) if name == "tbra" else QueryOracle(model, 10)
+    cls = REACTIVATIONS.get(name)
+    # As the runner does: values checked against the typed signature, then the module built.
     with pytest.raises(ConfigError, match=match):
-        REACTIVATIONS.get(name)(first, (1, 16, 16), 0, **kwargs)
+        cls(first, (1, 16, 16), 0, **validate_params(name, cls, kwargs))

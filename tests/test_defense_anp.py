@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ConfigError
+from benchmark.schema import validate_params
 from datamodules.tensor_dataset import IndexedImages
 from lightning_modules.defenses.anp import (AdversarialNeuronPruning, choose_threshold, rounded_masks,
                                             threshold_grid)
@@ -58,8 +59,9 @@ def test_defaults_are_backdoorbench_cifar10():
                                        ({"pruning_threshold": 0.2, "pruning_number": 3}, "at most one"),
                                        ({"acc_ratio": 0.0}, "anp: acc_ratio=")])
 def test_bad_values_raise_config_error(bad, match):
+    # As the runner does: values checked against the typed signature, then the module built.
     with pytest.raises(ConfigError, match=match):
-        AdversarialNeuronPruning(TwoChannel(), 2, **bad)
+        AdversarialNeuronPruning(TwoChannel(), 2, **validate_params("anp", AdversarialNeuronPruning, bad))
 
 
 def test_threshold_grid_and_rounding_match_the_reference():

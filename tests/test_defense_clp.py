@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import ConfigError
+from benchmark.schema import validate_params
 from benchmark.models import build_model
 from datamodules.tensor_dataset import IndexedImages
 from lightning_modules.defenses.clp import ChannelLipschitzPruning, channel_lipschitz_bounds
@@ -149,10 +150,11 @@ def test_defaults_and_bad_values():
     defaults = {k: p.default for k, p in inspect.signature(ChannelLipschitzPruning).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     assert defaults["u"] == 3.0 and defaults["epochs"] == 0
-    with pytest.raises(ConfigError, match="clp: epochs=5; CLP is data-free"):
-        ChannelLipschitzPruning(uniform_pair(), 2, epochs=5)
+    # Range rules live in the typed signature, which the runner checks before building.
+    with pytest.raises(ConfigError, match="clp: epochs=5 is not allowed; must be an int == 0"):
+        validate_params("clp", ChannelLipschitzPruning, {"epochs": 5})
     with pytest.raises(ConfigError, match="clp: u=-1"):
-        ChannelLipschitzPruning(uniform_pair(), 2, u=-1.0)
+        validate_params("clp", ChannelLipschitzPruning, {"u": -1.0})
     bad = uniform_pair()
     bad.conv_bn_pairs = [("bn", "conv")]
     with pytest.raises(ConfigError, match="must name a Conv2d and a BatchNorm2d"):

@@ -1,42 +1,43 @@
-"""Every registered defense, discovered from the registry: it must never call
-the trigger and never receive a poisoned sample (by index or by pixels), in
-any of its hooks, including one-off preparation such as NAD's teacher."""
+"""Every registered defense keeps the defense contract (benchmark.contract):
+it never calls the trigger and never receives a poisoned sample (by index or
+by pixels) in any of its hooks, including one-off preparation such as NAD's
+teacher; its parameters are typed; it returns a complete, finite model."""
 import pytest
 import torch
 
+from benchmark.contract import check_defense_contract
 from benchmark.triggers.base import Trigger
-from datamodules.tensor_dataset import IndexedImages
-from lightning_modules.defenses import DEFENSES
+from lightning_modules.defenses import DEFENSES, DefenseModule
+from tests.conftest import FAST_DEFENSE_PARAMS
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())
-def test_defense_sees_only_clean_subset_and_never_the_trigger(name, make_cell, monkeypatch):
-    cell = make_cell(defenses=(name,))
-    attack = cell.execute(cell.job("attack", "badnets"))
-
-    served: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original_getitems = IndexedImages.__getitems__
-
-    def spy_getitems(self, positions):
-        batch = original_getitems(self, positions)
-        served.append((batch[0].clone(), batch[2].clone()))
-        return batch
-
-    def forbidden_trigger(self, images):
-        raise AssertionError(f"defense {name!r} called the trigger")
-
-    monkeypatch.setattr(IndexedImages, "__getitems__", spy_getitems)
-    monkeypatch.setattr(Trigger, "__call__", forbidden_trigger)
-    module = cell.train_defense(name, attack)
-    monkeypatch.undo()
-
+def test_defense_keeps_the_contract(name, tmp_path):
+    module = check_defense_contract(name, FAST_DEFENSE_PARAMS.get(name, {}), tmp_path)
     assert module.model is not None
-    poisoned = set(cell.poison_idx.tolist())
-    clean = set(cell.clean_idx.tolist())
-    for images, indices in served:
-        idx = set(indices.tolist())
-        assert idx <= clean, f"{name} saw samples outside the clean subset"
-        assert not idx & poisoned
-        assert torch.equal(images, cell.dm.train_images[indices].float() / 255), f"{name} saw modified pixels"
-    if module.hparams.epochs > 0:
-        assert served, f"{name} trains but was never served data"
+
+
+class _PeeksAtTheTrigger(DefenseModule):
+    """A defense that breaks the rules: it stamps the trigger on its inputs."""
+
+    def __init__(self, model, num_classes: int, target_label: int = 0, augment=None, epochs: int = 1):
+        super().__init__(model, num_classes, target_label, augment, epochs=epochs, batch_size=32)
+
+    def training_loss(self, x, y):
+        trigger = Trigger(torch.ones(x.shape[1:]), torch.ones(x.shape[1:]))
+        return super().training_loss(trigger(x), y)
+
+
+class _Untyped(DefenseModule):
+    def __init__(self, model, num_classes: int, target_label: int = 0, augment=None, epochs=1):
+        super().__init__(model, num_classes, target_label, augment, epochs=epochs)
+
+
+def test_contract_catches_a_defense_that_uses_the_trigger(tmp_path):
+    with pytest.raises(AssertionError, match="called the trigger"):
+        check_defense_contract(_PeeksAtTheTrigger, {"epochs": 1}, tmp_path)
+
+
+def test_contract_requires_typed_parameters(tmp_path):
+    with pytest.raises(AssertionError, match="'epochs' has no type hint"):
+        check_defense_contract(_Untyped, {}, tmp_path)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark.errors import ConfigError
+from benchmark.schema import validate_params
 from benchmark.training import TrainerFactory
 from datamodules.tensor_dataset import IndexedImages, keep_batch
 from lightning_modules.defenses.fp import FinePruning, relative_change
@@ -131,7 +132,7 @@ def test_defaults_are_backdoorbench_cifar10():
                                          ("once_prune_ratio", 2.0)])
 def test_bad_values_raise_config_error(param, value):
     with pytest.raises(ConfigError, match=rf"fp: {param}={value}"):
-        FinePruning(FeatureModel(), 2, **{param: value})
+        validate_params("fp", FinePruning, {param: value})
 
 
 def test_model_without_linear_head_is_refused():

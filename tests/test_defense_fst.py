@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark.errors import ConfigError
+from benchmark.schema import validate_params
 from benchmark.models import build_model
 from benchmark.training import TrainerFactory
 from datamodules.tensor_dataset import IndexedImages, keep_batch
@@ -49,7 +50,7 @@ def test_defaults_are_backdoorbench_er_cifar10():
 
 def test_bad_values_raise_config_error():
     with pytest.raises(ConfigError, match="fst: alpha=-1"):
-        FeatureShiftTuning(small_model(), 4, alpha=-1.0)
+        validate_params("fst", FeatureShiftTuning, {"alpha": -1.0})
 
     class Headless(nn.Module):
         head_layer = None

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import ConfigError
+from benchmark.schema import validate_params
 from benchmark.models import build_model
 from lightning_modules.defenses.ft_sam import (FineTuningSAM, decompose_gradient, reference_cosine_lr,
                                                sam_perturbation, sam_step, smooth_kl_loss)
@@ -31,7 +32,7 @@ def test_defaults_are_backdoorbench_cifar10():
 def test_bad_values_raise_config_error(bad):
     name = next(iter(bad))
     with pytest.raises(ConfigError, match=rf"ft-sam: {name}="):
-        FineTuningSAM(small_model(), 4, **bad)
+        validate_params("ft-sam", FineTuningSAM, bad)
 
 
 def test_adaptive_perturbation_matches_hand_computation():

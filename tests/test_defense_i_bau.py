@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark.errors import ConfigError
+from benchmark.schema import validate_params
 from benchmark.models import build_model
 from benchmark.training import TrainerFactory
 from datamodules.tensor_dataset import IndexedImages, keep_batch
@@ -54,7 +55,7 @@ def test_registered_with_reference_defaults():
 ])
 def test_bad_values_raise_config_error(params, match):
     with pytest.raises(ConfigError, match=f"i-bau: {match}="):
-        IBAU(small_model(), 4, **params)
+        validate_params("i-bau", IBAU, params)
 
 
 def test_short_run_through_the_runner_keeps_batchnorm_statistics(make_cell):

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark.errors import ConfigError
+from benchmark.schema import validate_params
 from benchmark.training import TrainerFactory
 from datamodules.tensor_dataset import IndexedImages, keep_batch
 from lightning_modules.defenses.nc import (CostSchedule, NeuralCleanse, mad_outliers, stamp,
@@ -227,4 +228,4 @@ def test_defaults_are_backdoorbench_cifar10():
                                          ("atk_succ_threshold", 101.0), ("patience", 0)])
 def test_bad_values_raise_config_error(param, value):
     with pytest.raises(ConfigError, match=rf"nc: {param}={value}"):
-        NeuralCleanse(RegionModel([(*PATCH, 1.0)] * 2), 2, **{param: value})
+        validate_params("nc", NeuralCleanse, {param: value})

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import ConfigError
+from benchmark.schema import validate_params
 from benchmark.models import build_model
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.defenses.sau import SharedAdversarialUnlearning as SAU
@@ -54,7 +55,7 @@ def test_registered_with_reference_defaults():
 ])
 def test_bad_values_raise_config_error(params, match):
     with pytest.raises(ConfigError, match=f"sau: {match}="):
-        SAU(small_model(), 4, **params)
+        validate_params("sau", SAU, params)
 
 
 def test_short_run_through_the_runner_freezes_batchnorm_and_the_reference(make_cell):

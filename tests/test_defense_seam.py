@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from benchmark.errors import ConfigError
+from benchmark.schema import validate_params
 from benchmark.models import build_model
 from lightning_modules.defenses.seam import SelectiveAmnesia, random_wrong_labels
 
@@ -33,7 +34,7 @@ def test_defaults_are_the_toolbox_ones():
 def test_bad_values_raise_config_error(bad):
     name = next(iter(bad))
     with pytest.raises(ConfigError, match=rf"seam: {name}="):
-        SelectiveAmnesia(build_model("small_cnn", 4, 1, 16, [0.5], [0.25]), 4, **bad)
+        validate_params("seam", SelectiveAmnesia, bad)
 
 
 def test_random_labels_are_wrong_uniform_and_seeded():

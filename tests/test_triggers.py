@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from benchmark.errors import ConfigError, UnknownNameError
-from benchmark.triggers import build_trigger
+from benchmark.schema import validate_params
+from benchmark.triggers import TRIGGERS, build_trigger
 
 
 def test_badnets_patch_default_bottom_right_white():
@@ -45,8 +46,10 @@ def test_blended_from_image_file(tmp_path):
     ("blended", {"alpha": 1.5}, "alpha"),
 ])
 def test_bad_trigger_parameters(name, params, match):
+    # Values are checked against the trigger's typed signature, then the
+    # trigger checks what depends on the image (the patch must fit).
     with pytest.raises(ConfigError, match=match):
-        build_trigger(name, (1, 8, 8), **params)
+        build_trigger(name, (1, 8, 8), **validate_params(f"trigger {name!r}", TRIGGERS.get(name), params))
 
 
 def test_unknown_trigger_lists_choices():

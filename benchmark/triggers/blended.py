@@ -11,18 +11,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmark.errors import ConfigError, DataNotFoundError
+from benchmark.errors import DataNotFoundError
+from benchmark.schema import Fraction
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import Trigger
 
 
 @TRIGGERS.register("blended")
 class BlendedTrigger(Trigger):
-    def __init__(self, image_shape, alpha: float = 0.2, pattern_seed: int = 1234,
+    def __init__(self, image_shape: tuple[int, int, int], alpha: Fraction = 0.2, pattern_seed: int = 1234,
                  pattern_path: str | None = None):
         c, h, w = image_shape
-        if not 0.0 < alpha <= 1.0:
-            raise ConfigError(f"blended alpha must be in (0, 1], got {alpha}")
         if pattern_path:
             pattern = _load_pattern(Path(pattern_path), c, h, w)
         else:

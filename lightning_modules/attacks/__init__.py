@@ -3,7 +3,10 @@ class is needed only when the training objective itself changes."""
 from benchmark.registry import Registry
 from lightning_modules.attacks.base import AttackModule, AttackPreset
 
-ATTACKS: Registry[AttackPreset] = Registry("attack")
+ATTACKS: Registry[AttackPreset] = Registry(
+    "attack", group="bdbench.attacks",
+    expects=("an AttackPreset (a trigger name, its parameters and the module that trains with it)",
+             lambda obj: isinstance(obj, AttackPreset)))
 
 from lightning_modules.attacks import badnets, blended, clean  # noqa: E402,F401  (registers)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from benchmark.schema import Momentum, NonNegativeFloat, PositiveFloat
 from benchmark.triggers import Trigger
 from lightning_modules.base import BackdoorStage
 
@@ -28,8 +29,8 @@ class AttackPreset:
 
 class AttackModule(BackdoorStage):
     def __init__(self, model, num_classes: int, trigger: Trigger | None, poison_indices: torch.Tensor,
-                 num_train: int, target_label: int = 0, lr: float = 0.01, momentum: float = 0.9,
-                 weight_decay: float = 5e-4, augment=None):
+                 num_train: int, target_label: int = 0, lr: PositiveFloat = 0.01, momentum: Momentum = 0.9,
+                 weight_decay: NonNegativeFloat = 5e-4, augment=None):
         super().__init__(model, num_classes, target_label, lr, momentum, weight_decay, augment)
         self.trigger = trigger
         mask = torch.zeros(num_train, dtype=torch.bool)

@@ -11,7 +11,9 @@ import pkgutil
 from benchmark.registry import Registry
 from lightning_modules.defenses.base import DefenseModule
 
-DEFENSES: Registry[type[DefenseModule]] = Registry("defense")
+DEFENSES: Registry[type[DefenseModule]] = Registry(
+    "defense", group="bdbench.defenses",
+    expects=("a DefenseModule subclass", lambda obj: isinstance(obj, type) and issubclass(obj, DefenseModule)))
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":

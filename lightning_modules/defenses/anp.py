@@ -65,8 +65,10 @@ from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.errors import ConfigError
+from benchmark.schema import (ClosedUnitInterval, Fraction, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+                              PositiveInt)
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters
+from lightning_modules.defenses.base import DefenseModule, NoTraining
 
 
 def threshold_grid(pruning_max: float, pruning_step: float) -> list[float]:
@@ -94,33 +96,16 @@ def rounded_masks(values: torch.Tensor) -> torch.Tensor:
 @DEFENSES.register("anp")
 class AdversarialNeuronPruning(DefenseModule):
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 0, batch_size: int = 256, lr: float = 0.01, momentum: float = 0.9,
-                 iterations: int = 2000, eps: float = 0.4, noise_steps: int = 1, alpha: float = 0.2,
-                 pruning_max: float = 0.9, pruning_step: float = 0.05, acc_ratio: float = 0.1,
-                 pruning_threshold: float | None = None, pruning_number: int | None = None,
+                 epochs: NoTraining = 0, batch_size: PositiveInt = 256, lr: PositiveFloat = 0.01,
+                 momentum: Momentum = 0.9, iterations: NonNegativeInt = 2000, eps: NonNegativeFloat = 0.4,
+                 noise_steps: PositiveInt = 1, alpha: ClosedUnitInterval = 0.2, pruning_max: ClosedUnitInterval = 0.9,
+                 pruning_step: Fraction = 0.05, acc_ratio: Fraction = 0.1,
+                 pruning_threshold: ClosedUnitInterval | None = None, pruning_number: NonNegativeInt | None = None,
                  train_augment: bool = True):
-        checks = [
-            ("epochs", epochs, epochs == 0, "0 (ANP prunes and does not fine-tune)"),
-            ("batch_size", batch_size, isinstance(batch_size, int) and batch_size > 0, "an integer > 0"),
-            ("lr", lr, lr > 0, "> 0"),
-            ("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"),
-            ("iterations", iterations, isinstance(iterations, int) and iterations >= 0, "an integer >= 0"),
-            ("eps", eps, eps >= 0, ">= 0"),
-            ("noise_steps", noise_steps, isinstance(noise_steps, int) and noise_steps >= 1, "an integer >= 1"),
-            ("alpha", alpha, 0 <= alpha <= 1, "in [0, 1]"),
-            ("pruning_max", pruning_max, 0 <= pruning_max <= 1, "in [0, 1]"),
-            ("pruning_step", pruning_step, 0 < pruning_step <= 1, "in (0, 1]"),
-            ("acc_ratio", acc_ratio, 0 < acc_ratio <= 1, "in (0, 1]"),
-            ("pruning_threshold", pruning_threshold, pruning_threshold is None or 0 <= pruning_threshold <= 1,
-             "None or in [0, 1]"),
-            ("pruning_number", pruning_number,
-             pruning_number is None or (isinstance(pruning_number, int) and pruning_number >= 0),
-             "None or an integer >= 0"),
-        ]
-        check_parameters("anp", checks)
+        # Two ways of choosing what to prune: the hints cannot forbid giving both.
         if pruning_threshold is not None and pruning_number is not None:
-            raise ConfigError(f"anp: pruning_threshold={pruning_threshold} and pruning_number={pruning_number}; "
-                              f"give at most one")
+            raise ConfigError(f"anp: pruning_threshold={pruning_threshold} and pruning_number={pruning_number} "
+                              f"are not allowed together; give at most one")
         super().__init__(model, num_classes, target_label, augment if train_augment else None,
                          epochs, batch_size, lr, momentum, 0.0)
         # The mask optimiser has no weight decay: keep the recorded config truthful.

@@ -23,37 +23,27 @@ metrics under ``defense/<name>``.
 trains (BatchNorm running statistics never move), for defenses whose
 reference does so (i-BAU, SAU); `on_fit_start` applies it, so a subclass
 that overrides `on_fit_start` calls `super().on_fit_start()`.
+
+Parameters: every parameter a user may set is declared once, in `__init__`,
+with its range as a type hint (benchmark.schema, typing.Literal). The runner
+checks grid and command-line values against those hints before it builds
+the module, so `__init__` itself checks only rules one hint cannot state
+(two parameters together, or the model / data at hand).
 """
 from __future__ import annotations
 
 from typing import Callable, Iterator
 
 import torch
+from jsonargparse.typing import restricted_number_type
 
-from benchmark.errors import ConfigError
+from benchmark.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.base import BackdoorStage
 
-
-def training_checks(epochs: int, batch_size: int, lr: float, momentum: float | None = None,
-                    weight_decay: float | None = None) -> list[tuple]:
-    """The checks of the training parameters most defenses share, in the
-    form `check_parameters` takes (momentum / weight decay when given)."""
-    checks = [("epochs", epochs, isinstance(epochs, int) and epochs >= 0, "an integer >= 0"),
-              ("batch_size", batch_size, isinstance(batch_size, int) and batch_size > 0, "an integer > 0"),
-              ("lr", lr, lr > 0, "> 0")]
-    if momentum is not None:
-        checks.append(("momentum", momentum, 0 <= momentum < 1, "in [0, 1)"))
-    if weight_decay is not None:
-        checks.append(("weight_decay", weight_decay, weight_decay >= 0, ">= 0"))
-    return checks
-
-
-def check_parameters(method: str, checks) -> None:
-    """Raise one ConfigError line for the first failed check; each check is
-    (parameter name, value, whether it is allowed, what is allowed)."""
-    for name, value, ok, allowed in checks:
-        if not ok:
-            raise ConfigError(f"{method}: {name}={value!r}; must be {allowed}")
+#: `epochs` of a defense that never trains after its one-off work (pruning
+#: without fine-tuning): a value other than 0 would silently make it a
+#: different defense (X + FT), so only 0 is accepted.
+NoTraining = restricted_number_type("NoTraining", int, [("==", 0)])
 
 
 class DefenseModule(BackdoorStage):
@@ -61,8 +51,8 @@ class DefenseModule(BackdoorStage):
     model_train_mode: bool = True
 
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 100, batch_size: int = 256, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 5e-4):
+                 epochs: NonNegativeInt = 100, batch_size: PositiveInt = 256, lr: PositiveFloat = 0.01,
+                 momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 5e-4):
         super().__init__(model, num_classes, target_label, lr, momentum, weight_decay, augment)
         self.report: dict = {}
 

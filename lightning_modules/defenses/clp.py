@@ -43,8 +43,9 @@ import torch
 from torch import nn
 
 from benchmark.errors import ConfigError
+from benchmark.schema import Momentum, NonNegativeFloat, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule
+from lightning_modules.defenses.base import DefenseModule, NoTraining
 
 
 def channel_lipschitz_bounds(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
@@ -68,13 +69,9 @@ def outlying_channels(bounds: torch.Tensor, u: float) -> tuple[torch.Tensor, flo
 @DEFENSES.register("clp")
 class ChannelLipschitzPruning(DefenseModule):
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 0, batch_size: int = 256, u: float = 3.0,
-                 lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4):
+                 epochs: NoTraining = 0, batch_size: PositiveInt = 256, u: NonNegativeFloat = 3.0,
+                 lr: PositiveFloat = 0.01, momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 5e-4):
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr, momentum, weight_decay)
-        if epochs != 0:
-            raise ConfigError(f"clp: epochs={epochs}; CLP is data-free and does not fine-tune, so epochs must be 0")
-        if not u >= 0:
-            raise ConfigError(f"clp: u={u}; must be a number >= 0 (standard deviations above the layer mean)")
         self.pairs = self._resolve_pairs(model)
 
     @staticmethod

@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from benchmark.errors import ConfigError
+from benchmark.schema import Fraction, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.defenses.base import DefenseModule
 
@@ -68,16 +69,11 @@ def relative_change(acc: float, start: float) -> float:
 @DEFENSES.register("fp")
 class FinePruning(DefenseModule):
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 100, batch_size: int = 256, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 5e-4,
-                 acc_ratio: float = 0.1, once_prune_ratio: float = 0.01,
+                 epochs: NonNegativeInt = 100, batch_size: PositiveInt = 256, lr: PositiveFloat = 0.01,
+                 momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 5e-4,
+                 acc_ratio: Fraction = 0.1, once_prune_ratio: Fraction = 0.01,
                  reference_selection: bool = False):
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr, momentum, weight_decay)
-        if not 0.0 < acc_ratio <= 1.0:
-            raise ConfigError(f"fp: acc_ratio={acc_ratio}; must be in (0, 1] (tolerated relative accuracy change)")
-        if not 0.0 < once_prune_ratio <= 1.0:
-            raise ConfigError(f"fp: once_prune_ratio={once_prune_ratio}; must be in (0, 1] "
-                              f"(fraction of head features pruned per step)")
         head_name = getattr(model, "head_layer", None)
         head = dict(model.named_modules()).get(head_name) if head_name else None
         if not isinstance(head, nn.Linear):

@@ -42,8 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ConfigError
+from benchmark.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters, training_checks
+from lightning_modules.defenses.base import DefenseModule
 
 #: the authors' recipe (stable_backdoor_purification fine_tune/ft.py, README)
 OFFICIAL_PARAMS = {"epochs": 10, "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0,
@@ -58,14 +59,9 @@ def head_inner_product(weight: torch.Tensor, original: torch.Tensor) -> torch.Te
 @DEFENSES.register("fst")
 class FeatureShiftTuning(DefenseModule):
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 100, batch_size: int = 256, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, alpha: float = 0.2,
+                 epochs: NonNegativeInt = 100, batch_size: PositiveInt = 256, lr: PositiveFloat = 0.01,
+                 momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 5e-4, alpha: NonNegativeFloat = 0.2,
                  reinit_bias: bool = False, rescale_at_init: bool = True, train_augment: bool = False):
-        checks = [
-            *training_checks(epochs, batch_size, lr, momentum, weight_decay),
-            ("alpha", alpha, alpha >= 0, ">= 0"),
-        ]
-        check_parameters("fst", checks)
         head_name = getattr(model, "head_layer", None)
         head = model.get_submodule(head_name) if head_name else None
         if not isinstance(head, nn.Linear):

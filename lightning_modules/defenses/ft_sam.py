@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,14 +64,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.errors import ConfigError
+from benchmark.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters, training_checks
+from lightning_modules.defenses.base import DefenseModule
 
 #: added to the gradient norm before dividing (the reference's `perturb_eps`)
 PERTURB_EPS = 1e-12
 #: period of the reference's cosine schedule, in scheduler steps (batches)
 REFERENCE_T_MAX = 100
-LR_SCHEDULES = ("cosine-t100", "cosine", "constant")
 
 
 def smooth_kl_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -158,20 +158,15 @@ def reference_cosine_lr(base_lr: float, step: int, t_max: int = REFERENCE_T_MAX)
 @DEFENSES.register("ft-sam")
 class FineTuningSAM(DefenseModule):
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 100, batch_size: int = 256, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, rho: float = 2.0,
-                 adaptive: bool = True, label_smoothing: float = 0.1, alpha: float = 0.0,
-                 lr_schedule: str = "cosine-t100"):
-        checks = [
-            *training_checks(epochs, batch_size, lr, momentum, weight_decay),
-            ("rho", rho, rho >= 0, ">= 0"),
-            ("label_smoothing", label_smoothing, 0 <= label_smoothing < 1, "in [0, 1)"),
-            ("alpha", alpha, alpha >= 0, ">= 0"),
-            ("lr_schedule", lr_schedule, lr_schedule in LR_SCHEDULES, f"one of {', '.join(LR_SCHEDULES)}"),
-        ]
-        check_parameters("ft-sam", checks)
+                 epochs: NonNegativeInt = 100, batch_size: PositiveInt = 256, lr: PositiveFloat = 0.01,
+                 momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 5e-4, rho: NonNegativeFloat = 2.0,
+                 adaptive: bool = True, label_smoothing: Momentum = 0.1, alpha: NonNegativeFloat = 0.0,
+                 lr_schedule: Literal["cosine-t100", "cosine", "constant"] = "cosine-t100"):
+        # label_smoothing shares Momentum's range [0, 1): 1 would leave no
+        # weight on the true class.
         if num_classes < 2:
-            raise ConfigError(f"ft-sam: num_classes={num_classes}; label smoothing needs at least 2 classes")
+            raise ConfigError(f"ft-sam: num_classes={num_classes} is not allowed; label smoothing needs at least "
+                              f"2 classes")
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr, momentum, weight_decay)
         # Two forward/backward passes and a restore per batch: the step is ours.
         self.automatic_optimization = False

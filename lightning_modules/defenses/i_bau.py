@@ -77,15 +77,14 @@ Deviations, each without effect on the computed quantities unless stated:
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from benchmark.schema import ClosedUnitInterval, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters, training_checks
-
-PERTURBATION_SPACES = ("normalized", "pixel")
+from lightning_modules.defenses.base import DefenseModule
 
 
 def implicit_hypergradient(outer_loss: Callable[[torch.Tensor], torch.Tensor],
@@ -123,25 +122,15 @@ class ImplicitBackdoorAdversarialUnlearning(DefenseModule):
     model_train_mode = False
 
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 5, fixed_point_steps: int = 5, batch_size: int = 256, lr: float = 1e-4,
-                 betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
-                 inner_lr: float = 10.0, fixed_point_lr: float = 0.1, perturbation_reg: float = 0.001,
-                 perturbed_fraction: float = 0.01, perturbation_space: str = "normalized",
-                 fixed_point_tol: float = 1e-10, mixed_precision: bool = False):
-        checks = [
-            *training_checks(epochs, batch_size, lr, weight_decay=weight_decay),
-            ("fixed_point_steps", fixed_point_steps, isinstance(fixed_point_steps, int) and fixed_point_steps >= 0,
-             "an integer >= 0"),
-            ("betas", betas, len(betas) == 2 and all(0 <= b < 1 for b in betas), "two values in [0, 1)"),
-            ("inner_lr", inner_lr, inner_lr > 0, "> 0"),
-            ("fixed_point_lr", fixed_point_lr, fixed_point_lr > 0, "> 0"),
-            ("perturbation_reg", perturbation_reg, perturbation_reg >= 0, ">= 0"),
-            ("perturbed_fraction", perturbed_fraction, 0 <= perturbed_fraction <= 1, "in [0, 1]"),
-            ("perturbation_space", perturbation_space, perturbation_space in PERTURBATION_SPACES,
-             f"one of {', '.join(PERTURBATION_SPACES)}"),
-            ("fixed_point_tol", fixed_point_tol, fixed_point_tol >= 0, ">= 0 (0 disables the early exit)"),
-        ]
-        check_parameters("i-bau", checks)
+                 epochs: NonNegativeInt = 5, fixed_point_steps: NonNegativeInt = 5, batch_size: PositiveInt = 256,
+                 lr: PositiveFloat = 1e-4, betas: tuple[Momentum, Momentum] = (0.9, 0.999),
+                 weight_decay: NonNegativeFloat = 0.0, inner_lr: PositiveFloat = 10.0,
+                 fixed_point_lr: PositiveFloat = 0.1, perturbation_reg: NonNegativeFloat = 0.001,
+                 perturbed_fraction: ClosedUnitInterval = 0.01,
+                 perturbation_space: Literal["normalized", "pixel"] = "normalized",
+                 fixed_point_tol: NonNegativeFloat = 1e-10, mixed_precision: bool = False):
+        # Adam's betas are decay rates in [0, 1), Momentum's range; fixed_point_tol
+        # admits 0, which turns the early exit of the fixed-point iteration off.
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr,
                          weight_decay=weight_decay)
         self.hparams.pop("momentum", None)  # Adam: no momentum parameter (betas instead)

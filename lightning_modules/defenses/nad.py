@@ -30,12 +30,14 @@ Defaults: SCLBD/BackdoorBench@f02e353 `defense/nad.py` with
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from benchmark.errors import ConfigError
 from benchmark.features import capture
+from benchmark.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.defenses.base import DefenseModule
 from lightning_modules.defenses.ft import FineTuning
@@ -49,7 +51,8 @@ def attention_map(features: torch.Tensor, power: float) -> torch.Tensor:
 class _Teacher(FineTuning):
     """FT with the schedule NAD's teacher runs under."""
 
-    def __init__(self, model, num_classes, target_label, augment, lr_schedule: str = "constant", **kwargs):
+    def __init__(self, model, num_classes, target_label, augment,
+                 lr_schedule: Literal["cosine", "constant"] = "constant", **kwargs):
         super().__init__(model, num_classes, target_label, augment, **kwargs)
         self.hparams.lr_schedule = lr_schedule
 
@@ -57,17 +60,16 @@ class _Teacher(FineTuning):
 @DEFENSES.register("nad")
 class NeuralAttentionDistillation(DefenseModule):
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 10, teacher_epochs: int = 10, batch_size: int = 256,
-                 lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
-                 betas: tuple[float, ...] = (500.0, 1000.0), power: float = 2.0,
-                 lr_schedule: str = "constant"):
+                 epochs: NonNegativeInt = 10, teacher_epochs: NonNegativeInt = 10, batch_size: PositiveInt = 256,
+                 lr: PositiveFloat = 0.01, momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 5e-4,
+                 betas: tuple[NonNegativeFloat, ...] = (500.0, 1000.0), power: PositiveFloat = 2.0,
+                 lr_schedule: Literal["cosine", "constant"] = "constant"):
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr, momentum, weight_decay)
-        if lr_schedule not in self.LR_SCHEDULES:
-            raise ConfigError(f"nad: lr_schedule={lr_schedule!r}; choose one of {', '.join(self.LR_SCHEDULES)}")
         self.layers = list(model.attention_layers)
+        # How many betas are right depends on the model, so no type hint can say it.
         if len(self.layers) != len(betas):
-            raise ConfigError(f"NAD needs one beta per attention layer: {len(self.layers)} layers "
-                              f"({self.layers}) but betas={list(betas)}")
+            raise ConfigError(f"nad: betas={list(betas)} is not allowed for {type(model).__name__}; must be "
+                              f"{len(self.layers)} value(s), one per attention layer ({', '.join(self.layers)})")
         self.teacher = None
 
     def prepare(self, clean_set, fit) -> None:

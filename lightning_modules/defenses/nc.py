@@ -82,14 +82,21 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import restricted_number_type
 
+from benchmark.schema import Fraction, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters
+from lightning_modules.defenses.base import DefenseModule
 
 #: consistency constant that makes the MAD estimate a normal standard deviation
 MAD_CONSTANT = 1.4826
 #: a label is an outlier beyond this many (scaled) MADs below the median (NC paper, Sec. IV)
 ANOMALY_THRESHOLD = 2.0
+
+#: the attack success rate (%) a reversed trigger must reach
+Percentage = restricted_number_type("Percentage", float, [(">=", 0), ("<=", 100)])
+#: the cost is multiplied and divided by it, so it must move the cost
+GrowthFactor = restricted_number_type("GrowthFactor", float, [(">", 1)])
 
 
 def squash(raw: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -197,27 +204,14 @@ class CostSchedule:
 @DEFENSES.register("nc")
 class NeuralCleanse(DefenseModule):
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 100, batch_size: int = 256, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 5e-4,
-                 nc_epochs: int = 80, mask_lr: float = 0.1, init_cost: float = 1e-3,
-                 atk_succ_threshold: float = 98.0, early_stop: bool = True,
-                 early_stop_threshold: float = 0.99, early_stop_patience: int = 25,
-                 patience: int = 5, cost_multiplier: float = 2.0, epsilon: float = 1e-7,
-                 unlearning_ratio: float = 0.2, stretched_trigger: bool = False):
+                 epochs: NonNegativeInt = 100, batch_size: PositiveInt = 256, lr: PositiveFloat = 0.01,
+                 momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 5e-4,
+                 nc_epochs: PositiveInt = 80, mask_lr: PositiveFloat = 0.1, init_cost: NonNegativeFloat = 1e-3,
+                 atk_succ_threshold: Percentage = 98.0, early_stop: bool = True,
+                 early_stop_threshold: Fraction = 0.99, early_stop_patience: PositiveInt = 25,
+                 patience: PositiveInt = 5, cost_multiplier: GrowthFactor = 2.0, epsilon: NonNegativeFloat = 1e-7,
+                 unlearning_ratio: Fraction = 0.2, stretched_trigger: bool = False):
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr, momentum, weight_decay)
-        checks = [
-            ("nc_epochs", nc_epochs, isinstance(nc_epochs, int) and nc_epochs >= 1, "an integer >= 1"),
-            ("mask_lr", mask_lr, mask_lr > 0, "> 0"),
-            ("init_cost", init_cost, init_cost >= 0, ">= 0"),
-            ("atk_succ_threshold", atk_succ_threshold, 0 <= atk_succ_threshold <= 100, "a percentage in [0, 100]"),
-            ("early_stop_threshold", early_stop_threshold, 0 < early_stop_threshold <= 1, "in (0, 1]"),
-            ("early_stop_patience", early_stop_patience, early_stop_patience >= 1, ">= 1"),
-            ("patience", patience, patience >= 1, ">= 1"),
-            ("cost_multiplier", cost_multiplier, cost_multiplier > 1, "> 1"),
-            ("epsilon", epsilon, epsilon >= 0, ">= 0"),
-            ("unlearning_ratio", unlearning_ratio, 0 < unlearning_ratio <= 1, "in (0, 1]"),
-        ]
-        check_parameters("nc", checks)
         self.unchanged = False
         self.triggers: list[tuple[torch.Tensor, torch.Tensor]] = []  # (mask, pattern) per flagged label
         self.unlearn_idx: torch.Tensor | None = None

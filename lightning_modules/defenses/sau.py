@@ -66,16 +66,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters, training_checks
+from lightning_modules.defenses.base import DefenseModule
 
-NORM_TYPES = ("L_inf", "L2", "L1", "Reg")
-PGD_INITS = ("max", "min", "zero", "random")
+NormType = Literal["L_inf", "L2", "L1", "Reg"]
+PgdInit = Literal["max", "min", "zero", "random"]
+
 # The reference's numerical guards: probabilities are clamped at 1e-8 before
 # the JS logarithms; L_sau adds 1e-6 inside its logarithms and clamps p to
 # [0.001, 0.999] (so p < 0.001 gives no gradient).
@@ -127,7 +130,7 @@ def shared_adversarial_loss(adv_logits: torch.Tensor, adv_pred_ref: torch.Tensor
     return torch.where(mask, terms, terms.new_zeros(())).sum() / (2 * adv_logits.shape[0])
 
 
-def project(delta: torch.Tensor, norm_type: str, bound: float) -> torch.Tensor:
+def project(delta: torch.Tensor, norm_type: NormType, bound: float) -> torch.Tensor:
     """Back into the norm ball (per sample); "Reg" leaves delta unconstrained."""
     if norm_type == "L_inf":
         return delta.clamp(-bound, bound)
@@ -140,8 +143,8 @@ def project(delta: torch.Tensor, norm_type: str, bound: float) -> torch.Tensor:
 
 
 def shared_pgd(model: nn.Module, reference: nn.Module, x: torch.Tensor, labels: torch.Tensor, *,
-               trigger_norm: float = 0.2, adv_lr: float = 0.2, adv_steps: int = 5, pgd_init: str = "max",
-               norm_type: str = "L_inf", beta_1: float = 0.01, beta_2: float = 1.0,
+               trigger_norm: float = 0.2, adv_lr: float = 0.2, adv_steps: int = 5, pgd_init: PgdInit = "max",
+               norm_type: NormType = "L_inf", beta_1: float = 0.01, beta_2: float = 1.0,
                clip_images: bool = False) -> tuple[torch.Tensor, int]:
     """Shared adversarial perturbation of the batch x (pixel units) against
     `model` and `reference`; returns (delta, PGD steps taken)."""
@@ -179,28 +182,14 @@ class SharedAdversarialUnlearning(DefenseModule):
     model_train_mode = False
 
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 100, batch_size: int = 256, lr: float = 1e-4,
-                 betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
-                 norm_type: str = "L_inf", trigger_norm: float = 0.2, adv_lr: float = 0.2, adv_steps: int = 5,
-                 pgd_init: str = "max", beta_1: float = 0.01, beta_2: float = 1.0,
-                 lmd_1: float = 1.0, lmd_2: float = 0.0, lmd_3: float = 1.0, outer_steps: int = 1,
-                 train_mode: bool = False, clip_images: bool = False, mixed_precision: bool = False):
-        checks = [
-            *training_checks(epochs, batch_size, lr, weight_decay=weight_decay),
-            ("betas", betas, len(betas) == 2 and all(0 <= b < 1 for b in betas), "two values in [0, 1)"),
-            ("norm_type", norm_type, norm_type in NORM_TYPES, f"one of {', '.join(NORM_TYPES)}"),
-            ("trigger_norm", trigger_norm, trigger_norm > 0, "> 0"),
-            ("adv_lr", adv_lr, adv_lr > 0, "> 0"),
-            ("adv_steps", adv_steps, isinstance(adv_steps, int) and adv_steps >= 0, "an integer >= 0"),
-            ("pgd_init", pgd_init, pgd_init in PGD_INITS, f"one of {', '.join(PGD_INITS)}"),
-            ("beta_1", beta_1, beta_1 >= 0, ">= 0"),
-            ("beta_2", beta_2, beta_2 >= 0, ">= 0"),
-            ("lmd_1", lmd_1, lmd_1 >= 0, ">= 0"),
-            ("lmd_2", lmd_2, lmd_2 >= 0, ">= 0"),
-            ("lmd_3", lmd_3, lmd_3 >= 0, ">= 0"),
-            ("outer_steps", outer_steps, isinstance(outer_steps, int) and outer_steps >= 1, "an integer >= 1"),
-        ]
-        check_parameters("sau", checks)
+                 epochs: NonNegativeInt = 100, batch_size: PositiveInt = 256, lr: PositiveFloat = 1e-4,
+                 betas: tuple[Momentum, Momentum] = (0.9, 0.999), weight_decay: NonNegativeFloat = 0.0,
+                 norm_type: NormType = "L_inf", trigger_norm: PositiveFloat = 0.2, adv_lr: PositiveFloat = 0.2,
+                 adv_steps: NonNegativeInt = 5, pgd_init: PgdInit = "max", beta_1: NonNegativeFloat = 0.01,
+                 beta_2: NonNegativeFloat = 1.0, lmd_1: NonNegativeFloat = 1.0, lmd_2: NonNegativeFloat = 0.0,
+                 lmd_3: NonNegativeFloat = 1.0, outer_steps: PositiveInt = 1, train_mode: bool = False,
+                 clip_images: bool = False, mixed_precision: bool = False):
+        # Adam's betas are decay rates in [0, 1), Momentum's range.
         # The reference trains on the clean subset with the test transform.
         super().__init__(model, num_classes, target_label, None, epochs, batch_size, lr,
                          weight_decay=weight_decay)

@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import ConfigError
+from benchmark.schema import ClosedUnitInterval, Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
-from lightning_modules.defenses.base import DefenseModule, check_parameters, training_checks
+from lightning_modules.defenses.base import DefenseModule
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -69,22 +70,13 @@ class Subset:
 @DEFENSES.register("seam")
 class SelectiveAmnesia(DefenseModule):
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
-                 epochs: int = 100, forget_epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
-                 weight_decay: float = 0.0, forget_fraction: float = 0.1,
-                 forget_accuracy: float | None = None, recovery_accuracy: float = 0.97,
+                 epochs: NonNegativeInt = 100, forget_epochs: NonNegativeInt = 10, batch_size: PositiveInt = 32,
+                 lr: PositiveFloat = 1e-3, weight_decay: NonNegativeFloat = 0.0, forget_fraction: Fraction = 0.1,
+                 forget_accuracy: Fraction | None = None, recovery_accuracy: ClosedUnitInterval = 0.97,
                  train_augment: bool = False):
-        checks = [
-            *training_checks(epochs, batch_size, lr, weight_decay=weight_decay),
-            ("forget_epochs", forget_epochs, isinstance(forget_epochs, int) and forget_epochs >= 0,
-             "an integer >= 0"),
-            ("forget_fraction", forget_fraction, 0 < forget_fraction <= 1, "in (0, 1]"),
-            ("forget_accuracy", forget_accuracy, forget_accuracy is None or 0 < forget_accuracy <= 1,
-             "None (min(2/C, 0.6)) or in (0, 1]"),
-            ("recovery_accuracy", recovery_accuracy, 0 <= recovery_accuracy <= 1, "in [0, 1]"),
-        ]
-        check_parameters("seam", checks)
         if num_classes < 2:
-            raise ConfigError(f"seam: num_classes={num_classes}; random wrong labels need at least 2 classes")
+            raise ConfigError(f"seam: num_classes={num_classes} is not allowed; random wrong labels need at least "
+                              f"2 classes")
         super().__init__(model, num_classes, target_label, augment if train_augment else None,
                          epochs, batch_size, lr, 0.0, weight_decay)
         # Adam has no momentum argument: keep the recorded config truthful.

@@ -6,7 +6,10 @@ import pkgutil
 from benchmark.registry import Registry
 from lightning_modules.reactivation.base import ReactivationModule
 
-REACTIVATIONS: Registry[type[ReactivationModule]] = Registry("re-activation method")
+REACTIVATIONS: Registry[type[ReactivationModule]] = Registry(
+    "re-activation method", group="bdbench.reactivations",
+    expects=("a ReactivationModule subclass",
+             lambda obj: isinstance(obj, type) and issubclass(obj, ReactivationModule)))
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name not in ("base", "norms"):

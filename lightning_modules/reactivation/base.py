@@ -11,17 +11,28 @@ Black-box methods get a query oracle instead and never see a model.
 How the attacker's data are formed is the runner's business (triggered
 poisoned training samples, or clean ones for the gUAA control); so is
 evaluation, through `DeltaEvaluation` below, the suite's one protocol.
+
+A method's user-settable parameters are declared once, in `__init__`, with
+their ranges as type hints (benchmark.schema, typing.Literal); the runner
+checks values against them before it builds the module. `__init__` checks
+only rules between parameters (the budget against the norm) or on what the
+runner supplies.
 """
 from __future__ import annotations
+
+from typing import Literal
 
 import lightning as L
 import torch
 from torch import nn
 
+from benchmark.schema import PositiveFloat, PositiveInt
 from lightning_modules.base import POISONED, BackdoorStage
-from lightning_modules.reactivation.norms import check_budget, project, random_init
+from lightning_modules.reactivation.norms import NORMS, check_budget, project, random_init
 
 WHITE_BOX, QUERY, TRANSFER = "white-box", "query", "transfer"
+#: the norms of `norms.py`, as a type hint
+Norm = Literal[NORMS]
 
 
 class ReactivationModule(L.LightningModule):
@@ -30,9 +41,11 @@ class ReactivationModule(L.LightningModule):
     access: str = WHITE_BOX
     object_args: tuple[str, ...] = ("model", "oracle", "surrogates")
 
-    def __init__(self, image_shape: tuple[int, int, int], target_label: int = 0, epsilon: float = 0.05,
-                 norm: str = "linf", seed: int = 0, num_samples: int = 1000, batch_size: int = 128,
-                 epochs: int = 1):
+    def __init__(self, image_shape: tuple[int, int, int], target_label: int = 0, epsilon: PositiveFloat = 0.05,
+                 norm: Norm = "linf", seed: int = 0, num_samples: PositiveInt = 1000, batch_size: PositiveInt = 128,
+                 epochs: PositiveInt = 1):
+        # epsilon's upper bound depends on the norm (L-inf: below 1), a rule
+        # between two parameters that no single hint states.
         check_budget(norm, epsilon)
         super().__init__()
         self.save_hyperparameters(ignore=list(self.object_args))

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import bisect
 import math
-import numbers
 
 import torch
 
 from benchmark.errors import ConfigError
+from benchmark.schema import ClosedUnitInterval, Fraction, PositiveFloat, PositiveInt
 from lightning_modules.reactivation import REACTIVATIONS
-from lightning_modules.reactivation.base import QUERY, ReactivationModule
+from lightning_modules.reactivation.base import QUERY, Norm, ReactivationModule
 from lightning_modules.reactivation.oracle import QueryOracle
 
 MAX_QUERIES = 10_000
@@ -42,15 +42,15 @@ class QueryReactivation(ReactivationModule):
     access = QUERY
 
     def __init__(self, oracle: QueryOracle, image_shape: tuple[int, int, int], target_label: int = 0,
-                 epsilon: float = 0.05, norm: str = "linf", seed: int = 0, num_samples: int = 500,
-                 batch_size: int = 500, epochs: int = 1, max_queries: int = MAX_QUERIES, p_init: float = 0.1,
-                 stop_asr: float = 0.99, curve: tuple[int, ...] = (1000, 3000, 5000, 7000, 10000)):
+                 epsilon: PositiveFloat = 0.05, norm: Norm = "linf", seed: int = 0, num_samples: PositiveInt = 500,
+                 batch_size: PositiveInt = 500, epochs: PositiveInt = 1, max_queries: PositiveInt = MAX_QUERIES,
+                 p_init: Fraction = 0.1, stop_asr: ClosedUnitInterval = 0.99,
+                 curve: tuple[PositiveInt, ...] = (1000, 3000, 5000, 7000, 10000)):
+        # The norm comes from the cell, shared by every method, so it is
+        # checked here rather than narrowed in the hint.
         if norm != "linf":
-            raise ConfigError(f"qbra implements the L-inf Square Attack only; norm must be 'linf', got {norm!r}")
-        if not isinstance(max_queries, numbers.Integral) or max_queries <= 0:
-            raise ConfigError(f"max_queries must be a positive integer, got {max_queries!r}")
-        if not 0.0 < p_init <= 1.0:
-            raise ConfigError(f"p_init (fraction of the image area) must be in (0, 1], got {p_init}")
+            raise ConfigError(f"qbra: norm={norm!r} is not allowed; must be 'linf' (qbra implements the L-inf "
+                              f"Square Attack only)")
         super().__init__(image_shape, target_label, epsilon, norm, seed, num_samples, batch_size, epochs)
         self.oracle = oracle  # a plain object, so never registered, moved or saved as a module
         self.automatic_optimization = False

@@ -16,15 +16,16 @@ Data: up to 5,000 poisoned training samples in batches of 500, drop_last
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ConfigError
+from benchmark.schema import NonNegativeFloat, PositiveFloat, PositiveInt
 from lightning_modules.reactivation import REACTIVATIONS
-from lightning_modules.reactivation.base import TRANSFER, ReactivationModule
-
-ENSEMBLES = ("sum", "sequential", "momentum")
+from lightning_modules.reactivation.base import TRANSFER, Norm, ReactivationModule
 
 
 @REACTIVATIONS.register("tbra")
@@ -32,13 +33,15 @@ class TransferReactivation(ReactivationModule):
     access = TRANSFER
 
     def __init__(self, surrogates: list[nn.Module], image_shape: tuple[int, int, int], target_label: int = 0,
-                 epsilon: float = 0.05, norm: str = "linf", seed: int = 0, lr: float = 0.05, epochs: int = 100,
-                 batch_size: int = 500, num_samples: int = 5000, ensemble: str = "sum", momentum: float = 1.0):
+                 epsilon: PositiveFloat = 0.05, norm: Norm = "linf", seed: int = 0, lr: PositiveFloat = 0.05,
+                 epochs: PositiveInt = 100, batch_size: PositiveInt = 500, num_samples: PositiveInt = 5000,
+                 ensemble: Literal["sum", "sequential", "momentum"] = "sum", momentum: NonNegativeFloat = 1.0):
+        # MI-FGSM's decay is 1.0 (plain accumulation) by default, so `momentum`
+        # is not bounded by 1 as an optimiser's momentum is.
         surrogates = list(surrogates or [])
         if not surrogates:
-            raise ConfigError("tbra needs at least one surrogate model (the attacker's own defended copies)")
-        if ensemble not in ENSEMBLES:
-            raise ConfigError(f"unknown ensemble {ensemble!r}; choose one of: {', '.join(ENSEMBLES)}")
+            raise ConfigError(f"tbra: surrogates={surrogates} is not allowed; needs at least one surrogate model "
+                              f"(the attacker's own defended copies)")
         super().__init__(image_shape, target_label, epsilon, norm, seed, num_samples, batch_size, epochs)
         self.freeze(*surrogates)  # held in self.frozen: eval mode, no weight gradients
         self.automatic_optimization = False

@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from benchmark.schema import NonNegativeFloat, PositiveFloat, PositiveInt
 from lightning_modules.reactivation import REACTIVATIONS
-from lightning_modules.reactivation.base import WHITE_BOX, ReactivationModule
+from lightning_modules.reactivation.base import WHITE_BOX, Norm, ReactivationModule
 
 
 def reactivation_loss(logits: torch.Tensor, target_label: int, lambda_ce: float = 1.0,
@@ -32,9 +33,10 @@ class WhiteBoxReactivation(ReactivationModule):
     access = WHITE_BOX
 
     def __init__(self, model, image_shape: tuple[int, int, int], target_label: int = 0,
-                 epsilon: float = 0.05, norm: str = "linf", seed: int = 0, lr: float = 0.05,
-                 epochs: int = 50, inner_steps: int = 5, batch_size: int = 128, num_samples: int = 1000,
-                 lambda_ce: float = 1.0, lambda_other: float = 1.0):
+                 epsilon: PositiveFloat = 0.05, norm: Norm = "linf", seed: int = 0, lr: PositiveFloat = 0.05,
+                 epochs: PositiveInt = 50, inner_steps: PositiveInt = 5, batch_size: PositiveInt = 128,
+                 num_samples: PositiveInt = 1000, lambda_ce: NonNegativeFloat = 1.0,
+                 lambda_other: NonNegativeFloat = 1.0):
         super().__init__(image_shape, target_label, epsilon, norm, seed, num_samples, batch_size, epochs)
         self.model = model
         self.freeze(model)
