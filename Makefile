@@ -14,7 +14,7 @@ STORE ?= store
 
 GRID ?= sweeps/demo.yaml
 
-.PHONY: help install test test-slow demo cell sweep sweep-cifar10 report wandb-sync fashion-mnist clean-store
+.PHONY: help install test test-slow demo cell sweep sweep-cifar10 score report wandb-sync fashion-mnist clean-store
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,10 @@ sweep: install ## run any grid: make sweep GRID=sweeps/<grid>.yaml (resumable; D
 
 sweep-cifar10: install ## the paper's CIFAR-10 grid on every GPU (CIFAR-10 under DATA_DIR=$(DATA_DIR))
 	$(PY) -m sweeps run sweeps/cifar10.yaml --data-dir $(DATA_DIR)
+
+DEFENSE ?= examples/head_reset.py:HeadReset
+score: install fashion-mnist ## score one defense against a grid: make score DEFENSE=<name | file.py:Class> [GRID=sweeps/demo.yaml]
+	$(PY) -m benchmark score $(DEFENSE) --grid $(GRID)
 
 report: install ## rewrite a grid's report from the store: make report GRID=sweeps/<grid>.yaml
 	$(PY) -m sweeps report $(GRID)

@@ -154,6 +154,7 @@ def run_cell(args) -> int:
     from benchmark.store import ArtifactStore
 
     spec = spec_from_args(args)
+    spec.validate()  # every value checked before the store is opened
     start = time.perf_counter()
     store = ArtifactStore(args.store)
     store.remove_stale_temporaries()  # what an interrupted earlier run left half-written
