@@ -38,7 +38,7 @@ from benchmark.controls import NOISE_LEVELS, mechanism_similarity, noise_robustn
 from benchmark.errors import ConfigError, StoreError
 from benchmark.fingerprint import code_fingerprint
 from benchmark.metrics import defense_effectiveness_rating
-from benchmark.models import ImageClassifier, build_model
+from benchmark.models import ImageClassifier, backbone_class, build_model
 from benchmark.schema import Fraction, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt, check_value, \
     validate_params
 from benchmark.store import Artifact, ArtifactStore, stage_key
@@ -346,8 +346,7 @@ class Cell:
         """The code that trains f_C / f_A: the attack's module, preset and
         trigger, the architecture, the data module and the trainer."""
         preset = ATTACKS.get(attack)
-        model = self.new_model(model_spec)
-        objects = [preset.module_class(), ATTACKS.origin(attack), type(model), type(model.backbone),
+        objects = [preset.module_class(), ATTACKS.origin(attack), ImageClassifier, backbone_class(model_spec["arch"]),
                    type(self.dm), training_module]
         if preset.trigger is not None:
             objects += [TRIGGERS.get(preset.trigger), TRIGGERS.origin(preset.trigger)]

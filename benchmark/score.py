@@ -74,11 +74,9 @@ def collect_rows(grid_cells, candidate_cells, candidate: str) -> list[dict]:
     return rows
 
 
-def _fmt(value) -> str:
-    return "–" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-
-
 def board_table(board: list[dict], candidate: str, title: str) -> Table:
+    from benchmark.cli import _fmt
+
     table = Table(title=title)
     columns = [("defense", "defense"), ("worst_reactivation_asr", "worst re-activated ASR"),
                ("worst_case", "at"), ("worst_guaa_asr", "its gUAA ASR"), ("clean_acc_cost", "C-Acc cost"),

@@ -128,10 +128,10 @@ def _table(rows: list[dict]):
     return wandb.Table(columns=cols, data=[[_cell(row.get(c)) for c in cols] for row in rows])
 
 
-def log_summary(*, project: str, save_dir: Path, grid_name: str, rows: list[dict],
-                summary_rows: list[dict], figures: dict[str, Path]) -> str | None:
-    """One "summary" run per grid holding the results tables and report
-    figures; returns its local run directory, or None when disabled."""
+def _log_run(*, project: str, save_dir: Path, group: str, job_type: str, name: str, tables: dict[str, list[dict]],
+             figures: dict[str, Path]) -> str | None:
+    """One run holding `tables` (name -> rows) and the PNG `figures` that
+    exist; returns its local run directory, or None when W&B is disabled."""
     mode = wandb_mode()
     if mode == "disabled":
         return None
@@ -139,18 +139,26 @@ def log_summary(*, project: str, save_dir: Path, grid_name: str, rows: list[dict
 
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=project, dir=str(save_dir), group=grid_name, job_type="summary",
-                     name=f"summary:{grid_name}", mode=mode, settings=_settings(), reinit="finish_previous")
+    run = wandb.init(project=project, dir=str(save_dir), group=group, job_type=job_type, name=name, mode=mode,
+                     settings=_settings(), reinit="finish_previous")
     try:
-        payload = {"results": _table(rows), "summary": _table(summary_rows)}
-        for name, path in figures.items():
-            if Path(path).suffix.lower() == ".png" and Path(path).exists():
-                payload[f"figures/{name}"] = wandb.Image(str(path))
+        payload = {key: _table(rows) for key, rows in tables.items()}
+        for key, path in figures.items():
+            if path is not None and Path(path).suffix.lower() == ".png" and Path(path).exists():
+                payload[f"figures/{key}"] = wandb.Image(str(path))
         run.log(payload)
         run_dir = str(Path(run.dir).parent)  # run.dir is <run>/files
     finally:
         run.finish()
     return run_dir
+
+
+def log_summary(*, project: str, save_dir: Path, grid_name: str, rows: list[dict],
+                summary_rows: list[dict], figures: dict[str, Path]) -> str | None:
+    """One "summary" run per grid holding the results tables and report
+    figures; returns its local run directory, or None when disabled."""
+    return _log_run(project=project, save_dir=save_dir, group=grid_name, job_type="summary",
+                    name=f"summary:{grid_name}", tables={"results": rows, "summary": summary_rows}, figures=figures)
 
 
 def sync_command(save_dir: Path) -> list[str]:
@@ -167,21 +175,5 @@ def log_leaderboard(*, project: str, save_dir: Path, name: str, board: list[dict
     """One "leaderboard" run holding the ranked defenses as a table and the
     cost-vs-headline figure; returns its local run directory, or None when
     disabled."""
-    mode = wandb_mode()
-    if mode == "disabled":
-        return None
-    import wandb
-
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=project, dir=str(save_dir), group=name, job_type="leaderboard",
-                     name=f"leaderboard:{name}", mode=mode, settings=_settings(), reinit="finish_previous")
-    try:
-        payload = {"leaderboard": _table(board)}
-        if figure_path is not None and Path(figure_path).suffix.lower() == ".png" and Path(figure_path).exists():
-            payload["figures/leaderboard"] = wandb.Image(str(figure_path))
-        run.log(payload)
-        run_dir = str(Path(run.dir).parent)  # run.dir is <run>/files
-    finally:
-        run.finish()
-    return run_dir
+    return _log_run(project=project, save_dir=save_dir, group=name, job_type="leaderboard",
+                    name=f"leaderboard:{name}", tables={"leaderboard": board}, figures={"leaderboard": figure_path})

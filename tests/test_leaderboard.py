@@ -11,6 +11,7 @@ import pytest
 from benchmark import wandb_logging as wl
 from benchmark.leaderboard import (REFERENCE_NAME, grid_attacks, leaderboard, leaderboard_columns, reference,
                                    write_leaderboard)
+from tests.test_wandb_logging import isolate
 
 METHODS = ["wba", "qbra"]
 ATTACKS = ["A", "B"]
@@ -188,19 +189,8 @@ def test_write_leaderboard_notes_entries_without_headline(tmp_path):
     assert paths["figure"].exists()
 
 
-def _isolate(tmp_path: Path, monkeypatch) -> None:
-    """No user W&B setup may leak in, and wandb's own directories land in tmp."""
-    for var in ("WANDB_API_KEY", "NETRC", "WANDB_BASE_URL", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
-        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / sub))
-
-
 def test_log_leaderboard_offline(tmp_path, monkeypatch):
-    _isolate(tmp_path, monkeypatch)
+    isolate(tmp_path, monkeypatch)
     rows = grid()
     board = leaderboard(rows, CANDIDATE, METHODS)
     paths = write_leaderboard(board, tmp_path / "out", "t", CANDIDATE, METHODS, ATTACKS)

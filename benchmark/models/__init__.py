@@ -8,7 +8,7 @@ from benchmark.errors import UnknownNameError
 from benchmark.models.classifier import ImageClassifier
 from benchmark.models.preact_resnet18 import PreActResNet18
 from benchmark.models.small_cnn import SmallCNN
-from benchmark.models.timm_model import TIMM_PREFIX, build_timm
+from benchmark.models.timm_model import TIMM_PREFIX, TimmBackbone, build_timm
 
 # Architectures defined here; any timm model is reachable as "timm:<name>".
 ARCHITECTURES = {
@@ -19,6 +19,16 @@ ARCHITECTURES = {
 
 def architecture_names() -> list[str]:
     return sorted(ARCHITECTURES) + [f"{TIMM_PREFIX}<timm model name>"]
+
+
+def backbone_class(arch: str) -> type:
+    """The class `build_model` wraps for `arch`, without building it (for
+    code fingerprints)."""
+    if arch.startswith(TIMM_PREFIX):
+        return TimmBackbone
+    if arch in ARCHITECTURES:
+        return ARCHITECTURES[arch]
+    raise UnknownNameError("architecture", arch, architecture_names())
 
 
 def build_model(arch: str, num_classes: int, in_channels: int, image_size: int,
@@ -34,4 +44,4 @@ def build_model(arch: str, num_classes: int, in_channels: int, image_size: int,
     return ImageClassifier(backbone, mean, std).to(memory_format=torch.channels_last)
 
 
-__all__ = ["ImageClassifier", "build_model", "architecture_names", "ARCHITECTURES"]
+__all__ = ["ImageClassifier", "backbone_class", "build_model", "architecture_names", "ARCHITECTURES"]
