@@ -85,7 +85,10 @@ class BackdoorDataModule(L.LightningDataModule):
             raise ConfigError(f"target label {target_label} outside the classes of {self.name} (0..{self.num_classes - 1})")
 
     # ---- seeded selections, by dataset index ------------------------------------
-    POISON_SELECTIONS = ("all", "non_target")
+    # "target": clean-label attacks (SIG, LC) poison target-class samples only;
+    # the rate stays a fraction of the whole training set, capped at the
+    # class size (BackdoorBench: pratio 0.1 on CIFAR-10 = every target image)
+    POISON_SELECTIONS = ("all", "non_target", "target")
 
     def poison_indices(self, poison_rate: float, target_label: int, seed: int,
                        selection: str = "all") -> torch.Tensor:
@@ -98,6 +101,8 @@ class BackdoorDataModule(L.LightningDataModule):
         self.setup()
         if selection == "all":
             candidates = torch.arange(self.num_train)
+        elif selection == "target":
+            candidates = torch.nonzero(self.train_labels == target_label).flatten()
         else:
             candidates = torch.nonzero(self.train_labels != target_label).flatten()
         count = min(len(candidates), round(poison_rate * self.num_train))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmark.contract import check_defense_contract
-from benchmark.triggers.base import Trigger
+from benchmark.triggers.base import PatternTrigger
 from lightning_modules.defenses import DEFENSES, DefenseModule
 from tests.conftest import FAST_DEFENSE_PARAMS
 
@@ -24,7 +24,7 @@ class _PeeksAtTheTrigger(DefenseModule):
         super().__init__(model, num_classes, target_label, augment, epochs=epochs, batch_size=32)
 
     def training_loss(self, x, y):
-        trigger = Trigger(torch.ones(x.shape[1:]), torch.ones(x.shape[1:]))
+        trigger = PatternTrigger(torch.ones(x.shape[1:]), torch.ones(x.shape[1:]))
         return super().training_loss(trigger(x), y)
 
 

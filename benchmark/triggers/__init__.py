@@ -1,14 +1,24 @@
 """Triggers: batched tensor ops on [0, 1] images of shape (B, C, H, W)."""
+import inspect
+
 from benchmark.registry import Registry
-from benchmark.triggers.base import Trigger
+from benchmark.triggers.base import AdditiveTrigger, PatternTrigger, Trigger
 
 TRIGGERS: Registry[type[Trigger]] = Registry("trigger")
+
+#: __init__ arguments the cell supplies (the image shape of the data, the
+#: cell's seed for triggers drawn from it); the rest are trigger parameters
+TRIGGER_RUNNER_ARGS = ("image_shape", "seed")
 
 from benchmark.triggers import badnets, blended  # noqa: E402,F401  (registers)
 
 
-def build_trigger(name: str, image_shape: tuple[int, int, int], **params) -> Trigger:
+def build_trigger(name: str, image_shape: tuple[int, int, int], seed: int = 0, **params) -> Trigger:
+    """Trigger `name` for images of `image_shape`; a trigger whose __init__
+    takes `seed` gets the cell's seed (its pattern is drawn from it)."""
     cls = TRIGGERS.get(name)
+    if "seed" in inspect.signature(cls).parameters:
+        params = {**params, "seed": seed}
     try:
         return cls(image_shape, **params)
     except TypeError as exc:
@@ -17,4 +27,9 @@ def build_trigger(name: str, image_shape: tuple[int, int, int], **params) -> Tri
         raise ConfigError(f"bad parameter for trigger {name!r}: {exc}") from None
 
 
-__all__ = ["Trigger", "TRIGGERS", "build_trigger"]
+def takes_seed(name: str) -> bool:
+    return "seed" in inspect.signature(TRIGGERS.get(name)).parameters
+
+
+__all__ = ["AdditiveTrigger", "PatternTrigger", "Trigger", "TRIGGERS", "TRIGGER_RUNNER_ARGS", "build_trigger",
+           "takes_seed"]

@@ -9,11 +9,11 @@ import torch
 from benchmark.errors import ConfigError
 from benchmark.schema import ClosedUnitInterval, NonNegativeInt, PositiveInt
 from benchmark.triggers import TRIGGERS
-from benchmark.triggers.base import Trigger
+from benchmark.triggers.base import PatternTrigger
 
 
 @TRIGGERS.register("badnets")
-class BadNetsTrigger(Trigger):
+class BadNetsTrigger(PatternTrigger):
     def __init__(self, image_shape: tuple[int, int, int], size: PositiveInt = 3, value: ClosedUnitInterval = 1.0,
                  position: Literal["bottom_right", "bottom_left", "top_right", "top_left"] = "bottom_right",
                  margin: NonNegativeInt = 0):

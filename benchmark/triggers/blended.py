@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from benchmark.errors import DataNotFoundError
 from benchmark.schema import Fraction
 from benchmark.triggers import TRIGGERS
-from benchmark.triggers.base import Trigger
+from benchmark.triggers.base import PatternTrigger
 
 
 @TRIGGERS.register("blended")
-class BlendedTrigger(Trigger):
+class BlendedTrigger(PatternTrigger):
     def __init__(self, image_shape: tuple[int, int, int], alpha: Fraction = 0.2, pattern_seed: int = 1234,
                  pattern_path: str | None = None):
         c, h, w = image_shape

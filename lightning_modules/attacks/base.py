@@ -1,8 +1,13 @@
 """`AttackModule`: training on data where the samples at `poison_indices`
 (dataset indices, chosen from the seed by the data module) carry the trigger
-and are relabelled to the target (all-to-one). Poisoning is one masked
-tensor op per batch, on the device, before augmentation (as in BackdoorBench,
-where transforms apply to the already-poisoned image)."""
+and are relabelled to the target (all-to-one). Poisoning is one op on the
+poisoned rows of each batch, on the device, before augmentation (as in
+BackdoorBench, where transforms apply to the already-poisoned image).
+
+Clean-label attacks (SIG, LC: `AttackPreset.clean_label`) draw their
+poisoned indices from the target class only, so relabelling changes
+nothing. Attacks whose training objective differs (WaNet's noise mode,
+Input-Aware's jointly trained generator) subclass `AttackModule`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,6 +27,8 @@ class AttackPreset:
     trigger: str | None
     trigger_params: dict = field(default_factory=dict)
     module: type["AttackModule"] | None = None
+    #: poison target-class samples only, keeping their labels (SIG, LC)
+    clean_label: bool = False
 
     def module_class(self) -> type["AttackModule"]:
         return self.module or AttackModule
@@ -43,6 +50,7 @@ class AttackModule(BackdoorStage):
         poisoned = self.poison_mask[idx]
         if self.trigger is None or not poisoned.any():
             return x, y
-        x = torch.where(poisoned[:, None, None, None], self.trigger(x), x)
-        y = torch.where(poisoned, torch.full_like(y, self.hparams.target_label), y)
+        x, y = x.clone(), y.clone()
+        x[poisoned] = self.trigger.poison(x[poisoned], idx[poisoned]).to(x.dtype)
+        y[poisoned] = self.hparams.target_label
         return x, y
