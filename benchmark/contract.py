@@ -134,7 +134,7 @@ def check_defense_contract(defense, params: dict | None = None, workdir: str | P
             assert tensor.shape == reference[key].shape, f"defense {name!r} changed the shape of {key}"
             if tensor.is_floating_point():
                 assert torch.isfinite(tensor).all(), f"defense {name!r} returned non-finite values in {key}"
-        metrics = cell._evaluate(module.model)
+        metrics = cell.evaluate(module.model)
         assert 0.0 <= metrics["test/clean_acc"] <= 1.0
         try:
             json.dumps(module.report)

@@ -11,7 +11,8 @@ downstream; editing a file no stage imports (the report, the sweep
 machinery) recomputes nothing. Third-party libraries are not followed:
 their versions are the environment's business.
 
-The orchestration that runs stages (`benchmark/cell.py`) is deliberately
+The orchestration that plans and runs stages (`benchmark/cell.py`, the
+stage units in `benchmark/stages/`, `benchmark/rows.py`) is deliberately
 not part of any fingerprint, so refactoring it keeps the store; a change
 there that alters results bumps `store.CODE_SALT`.
 
@@ -34,8 +35,8 @@ from benchmark import plugins
 SUITE_PACKAGES = ("benchmark", "lightning_modules", "datamodules")
 # Modules that only orchestrate (plan, schedule, report) and never compute a
 # stage's result: not fingerprinted (see the module docstring).
-ORCHESTRATION = ("benchmark.cell", "benchmark.cli", "benchmark.report", "benchmark.wandb_logging",
-                 "benchmark.score", "benchmark.leaderboard")
+ORCHESTRATION = ("benchmark.cell", "benchmark.stages", "benchmark.rows", "benchmark.spec", "benchmark.cli",
+                 "benchmark.report", "benchmark.wandb_logging", "benchmark.score", "benchmark.leaderboard")
 
 
 def _module_file(name: str) -> Path | None:
@@ -51,7 +52,7 @@ def _module_file(name: str) -> Path | None:
 
 
 def _tracked(name: str) -> bool:
-    if name in ORCHESTRATION:
+    if any(name == o or name.startswith(o + ".") for o in ORCHESTRATION):
         return False
     top = name.split(".")[0]
     if top in SUITE_PACKAGES or top in plugins.PLUGIN_PACKAGES or top.startswith("bdbench_plugin_"):

@@ -153,5 +153,5 @@ def test_ft_sam_in_a_cell_steps_schedule_per_batch(make_cell):
     after = module.export_weights()
     assert after.keys() == before.keys()
     assert not torch.equal(after["backbone.conv1.weight"], before["backbone.conv1.weight"])
-    metrics = cell._evaluate(module.model)
+    metrics = cell.evaluate(module.model)
     assert 0.0 <= metrics["test/clean_acc"] <= 1.0

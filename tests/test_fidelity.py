@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from benchmark.models import build_model
+from benchmark.stages.training import train
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
 
@@ -59,15 +60,16 @@ def test_tbra_batch_is_the_authors_500():
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_search_and_evaluation_run_in_fp32_whatever_the_training_precision(precision, monkeypatch):
-    from benchmark import cell as cell_module
+    from benchmark.stages import reactivation
     from benchmark.training import TrainerFactory
+    from lightning_modules.base import BackdoorStage
 
     factory = TrainerFactory("cpu", progress=False, precision=precision)
     seen = []
     monkeypatch.setattr("lightning.Trainer.test", lambda self, *a, **k: seen.append(self.precision_plugin))
-    factory.evaluate(cell_module.BackdoorStage(build_model("small_cnn", 10, 1, 28, (0.5,), (0.5,)), 10), [])
+    factory.evaluate(BackdoorStage(build_model("small_cnn", 10, 1, 28, (0.5,), (0.5,)), 10), [])
     assert type(seen[0]).__name__ == "Precision"  # Lightning's plain fp32 plugin
-    assert cell_module.SEARCH_PRECISION == "32-true"
+    assert reactivation.SEARCH_PRECISION == "32-true"
 
 
 def test_clean_model_shares_initialisation_but_not_data_order(make_cell, monkeypatch):
@@ -83,11 +85,11 @@ def test_clean_model_shares_initialisation_but_not_data_order(make_cell, monkeyp
 
     monkeypatch.setattr(cell.dm, "loader", spy)
     inits = []
-    monkeypatch.setattr("benchmark.cell.TrainerFactory.fit",
+    monkeypatch.setattr("benchmark.training.TrainerFactory.fit",
                         lambda self, module, loader, epochs, precision=None: inits.append(
                             {k: v.clone() for k, v in module.model.state_dict().items()}))
-    cell._train_model(cell.model_spec(), None)
-    cell._train_model(cell.model_spec(), cell.trigger)
+    train(cell.ctx, cell.model_spec(), None)
+    train(cell.ctx, cell.model_spec(), cell.trigger)
     assert seeds[0] != seeds[1]
     assert all(torch.equal(inits[0][k], inits[1][k]) for k in inits[0])
     assert cell.job("train", "clean model").config["data_order"] == "own"
@@ -117,6 +119,7 @@ def test_bec_ranks_channels_on_more_pairs_than_it_compares(make_cell, monkeypatc
     # The authors rank on ~2,200 non-target test pairs and compare 500 of them
     # (BEC/analy_backdoor_acti.py); the cell defaults say so.
     from benchmark import cell as cell_module
+    from benchmark.stages import bec as bec_stage
 
     assert (cell_module.CellSpec().bec_rank_samples, cell_module.CellSpec().bec_samples) == (2200, 500)
     cell = make_cell(defenses=(), bec_samples=32, bec_rank_samples=80)
@@ -124,10 +127,10 @@ def test_bec_ranks_channels_on_more_pairs_than_it_compares(make_cell, monkeypatc
         if job.kind in ("train", "attack"):
             cell.execute(job)
     sizes = {}
-    rank, select = cell_module.rank_backdoor_channels, cell_module.selected_features
-    monkeypatch.setattr(cell_module, "rank_backdoor_channels",
+    rank, select = bec_stage.rank_backdoor_channels, bec_stage.selected_features
+    monkeypatch.setattr(bec_stage, "rank_backdoor_channels",
                         lambda m, layers, c, p, r: sizes.setdefault("rank", len(c)) and rank(m, layers, c, p, r))
-    monkeypatch.setattr(cell_module, "selected_features",
+    monkeypatch.setattr(bec_stage, "selected_features",
                         lambda m, ch, x: sizes.setdefault("compare", len(x)) and select(m, ch, x))
     cell.execute(cell.job("bec", "S(f_A, clean)"))
     assert sizes == {"rank": 80, "compare": 32}

@@ -1,0 +1,78 @@
+"""Stages `train` (the clean model f_C) and `attack` (the backdoored model
+f_A): the attack's LightningModule on the training set, poisoned at the
+cell's seeded indices with the (prepared) trigger."""
+from __future__ import annotations
+
+import torch
+
+import benchmark.training as training_module
+from benchmark.fingerprint import code_fingerprint
+from benchmark.models import ImageClassifier, backbone_class
+from benchmark.stages.context import CellContext
+from benchmark.stages.job import StageJob
+from benchmark.triggers import TRIGGERS
+from benchmark.triggers.base import STATE_PREFIX
+from lightning_modules.attacks import ATTACKS
+
+# f_C's shuffling seed is offset from f_A's by this much when it has its own order.
+CLEAN_ORDER_OFFSET = 1_000_003
+CLEAN_LABEL = "clean model"
+
+
+def training_code(ctx: CellContext, model_spec: dict, attack: str) -> str:
+    """The code that trains f_C / f_A: the attack's module, preset and
+    trigger, the architecture, the data module and the trainer."""
+    preset = ATTACKS.get(attack)
+    objects = [preset.module_class(), ATTACKS.origin(attack), ImageClassifier, backbone_class(model_spec["arch"]),
+               type(ctx.dm), training_module]
+    if preset.trigger is not None:
+        objects += [TRIGGERS.get(preset.trigger), TRIGGERS.origin(preset.trigger)]
+    return code_fingerprint(*objects)
+
+
+def clean_job(ctx: CellContext) -> StageJob:
+    s = ctx.spec
+    model_spec = ctx.model_spec()
+    config = {"attack": "clean", "data_order": s.clean_data_order, "data": ctx.dm.identity(), "model": model_spec,
+              "train": ctx.train_spec(), "code": training_code(ctx, model_spec, "clean")}
+    return StageJob("train", CLEAN_LABEL, config, {}, lambda inputs: train(ctx, model_spec, None))
+
+
+def attack_job(ctx: CellContext, arch: str, trigger_job: StageJob | None) -> StageJob:
+    """f_A of architecture `arch` (the cell's, or a transfer surrogate's)."""
+    s = ctx.spec
+    model_spec = ctx.model_spec(arch)
+    config = {"attack": s.attack, "trigger": ctx.trigger_config, "poison_rate": s.poison_rate,
+              "poison_selection": ctx.poison_selection, "target_label": s.target_label,
+              "data": ctx.dm.identity(), "model": model_spec, "train": ctx.train_spec(),
+              "code": training_code(ctx, model_spec, s.attack)}
+    deps = {"trigger": trigger_job} if trigger_job is not None else {}
+    label = s.attack if arch == s.arch else f"{s.attack} ({arch})"
+
+    def run(inputs):
+        return train(ctx, model_spec, ctx.trigger_with_state(prepared=inputs.get("trigger")))
+
+    return StageJob("attack", label, config, deps, run)
+
+
+def train(ctx: CellContext, model_spec: dict, trigger) -> tuple[dict, dict]:
+    """Train f_C (trigger None) or f_A; returns (metrics, weights). A trigger
+    learned during the attack is saved beside the weights."""
+    s, dm = ctx.spec, ctx.dm
+    ctx.seed_everything()
+    preset = ATTACKS.get(s.attack if trigger is not None else "clean")
+    poison_idx = ctx.poison_idx if trigger is not None else torch.empty(0, dtype=torch.long)
+    module = preset.module_class()(ctx.new_model(model_spec), dm.num_classes, trigger, poison_idx, dm.num_train,
+                                   s.target_label, lr=s.lr, augment=dm.augment)
+    order_seed = s.seed
+    if trigger is None and s.clean_data_order == "own":
+        order_seed += CLEAN_ORDER_OFFSET
+    ctx.trainers.fit(module, dm.loader(dm.train_set(), shuffle=True, seed=order_seed), s.epochs)
+    tensors = module.export_weights()
+    if trigger is not None and trigger.learned_in_attack:
+        tensors.update({STATE_PREFIX + k: v.detach().cpu().contiguous() for k, v in trigger.state_dict().items()})
+    if trigger is None:
+        return ctx.evaluate(module.model, poisoned=False), tensors
+    # f_A is evaluated under the trigger it was trained with (a learned one
+    # is not in the store yet).
+    return ctx.evaluate(module.model, trigger=trigger), tensors
