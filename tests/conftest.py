@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -18,6 +20,14 @@ FAST_DEFENSE_PARAMS = {
     "anp": {"iterations": 5},
 }
 FAST_REACTIVATION = {"wba": {"epochs": 2, "num_samples": 32, "batch_size": 16}}
+# Every registered attack needs an entry here: trigger parameters that make
+# its preparation stage (if any) take seconds on the synthetic data.
+FAST_TRIGGER_PARAMS = {
+    "badnets": {"size": 4}, "blended": {}, "wanet": {}, "sig": {},
+    "ssba": {"max_steps": 20, "width": 8}, "lf": {"max_passes": 1, "num_images": 8, "deepfool_iterations": 20},
+    "trojannn": {"iterations": 20}, "input_aware": {"max_mask_steps": 4},
+    "lc": {"robust_epochs": 1, "max_robust_steps": 4, "steps": 5},
+}
 
 
 def fast_spec(**overrides) -> CellSpec:
@@ -36,3 +46,11 @@ def make_cell(tmp_path):
         return Cell(fast_spec(**overrides), ArtifactStore(store or tmp_path / "store"), data_dir=tmp_path / "data",
                     accelerator="cpu", progress=False)
     return make
+
+
+@pytest.fixture(scope="session")
+def science_store(tmp_path_factory):
+    """One store for every science test of a run, so models they share (the
+    Fashion-MNIST clean model f_C, f_A of BadNets and Blended) train once.
+    SCIENCE_STORE=store reuses `make demo`'s models."""
+    return ArtifactStore(os.environ.get("SCIENCE_STORE") or tmp_path_factory.mktemp("science-store"))

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import benchmark.triggers.label_consistent as lc_module
 import lightning_modules.attacks.lc  # noqa: F401  (registers the preset)
 from benchmark.errors import ConfigError
 from benchmark.models import build_model

@@ -34,7 +34,6 @@ from pathlib import Path
 import pytest
 
 from benchmark.cell import Cell
-from benchmark.store import ArtifactStore
 from sweeps.grid import load_grid
 
 pytestmark = pytest.mark.slow
@@ -45,8 +44,8 @@ REFERENCES = ("clean", "backdoored")
 
 
 @pytest.fixture(scope="module")
-def cells(tmp_path_factory):
-    store = ArtifactStore(os.environ.get("SCIENCE_STORE") or tmp_path_factory.mktemp("store"))
+def cells(science_store):
+    store = science_store
     data_dir = os.environ.get("DATA_DIR", "data")
     out = {}
     for spec in load_grid(DEMO).cells():

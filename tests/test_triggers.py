@@ -54,4 +54,4 @@ def test_bad_trigger_parameters(name, params, match):
 
 def test_unknown_trigger_lists_choices():
     with pytest.raises(UnknownNameError, match="badnets, blended"):
-        build_trigger("sig", (1, 8, 8))
+        build_trigger("rainbow", (1, 8, 8))

@@ -30,7 +30,7 @@ def trigger_job(ctx: CellContext, clean: StageJob) -> StageJob | None:
     deps = {}
     if cls.preparation == "clean_model":
         deps["clean"] = clean
-    if cls.preparation == "clean_model" or getattr(cls, "uses_architecture", False):
+    if cls.preparation == "clean_model" or cls.uses_architecture:
         config["model"] = ctx.model_spec()
     return StageJob("trigger", name, config, deps, lambda inputs: prepare(ctx, inputs))
 

@@ -10,7 +10,8 @@ TRIGGERS: Registry[type[Trigger]] = Registry("trigger")
 #: cell's seed for triggers drawn from it); the rest are trigger parameters
 TRIGGER_RUNNER_ARGS = ("image_shape", "seed")
 
-from benchmark.triggers import badnets, blended  # noqa: E402,F401  (registers)
+from benchmark.triggers import (badnets, blended, input_aware, label_consistent, low_frequency,  # noqa: E402,F401,I001
+                                sig, ssba, trojannn, wanet)  # (registers)
 
 
 def build_trigger(name: str, image_shape: tuple[int, int, int], seed: int = 0, **params) -> Trigger:

@@ -37,6 +37,9 @@ class Trigger:
     preparation: ClassVar[str] = "none"
     #: the attack's training learns (part of) the trigger; saved with f_A
     learned_in_attack: ClassVar[bool] = False
+    #: the preparation trains a model of the cell's architecture (LC's robust
+    #: model), so the architecture is part of the trigger stage's key
+    uses_architecture: ClassVar[bool] = False
 
     def __init__(self, image_shape: tuple[int, int, int]):
         self.image_shape = tuple(int(v) for v in image_shape)

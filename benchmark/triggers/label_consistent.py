@@ -42,7 +42,7 @@ What the reference leaves open, chosen here (each a parameter):
   adversarial examples of a training step are computed with the model in
   eval mode so that the 7 attack passes do not move the BatchNorm running
   statistics; no data augmentation (the preparation context has no
-  augmentation policy). On a GPU the passes run under bf16 autocast, as the
+  augmentation policy); the last partial batch of an epoch is dropped. On a GPU the passes run under bf16 autocast, as the
   cell's training does.
 - `max_robust_steps` caps the adversarial training (tests, CPU demos).
 
@@ -52,15 +52,18 @@ reference behaviour where the reference defines one:
   own pixels for any image size, the MadryLab pattern as defined on its 32x32
   images; "resized_from_32" reproduces BackdoorBench's rule for images that
   are not 32x32 (the 32x32 sign map resized with nearest interpolation, e.g.
-  2x2 blocks at 64x64, and at 28x28 the bottom row of each bottom corner
-  disappears). Both are identical at 32x32.
-- `quantization`: "truncate" (default, the reference's uint8 cast) or
-  "round" (to the nearest uint8 level, at most 0.5/255 from the PGD output).
+  2x2 blocks at 64x64, while at 28x28 the bottom corners lose their bottom
+  row and the right corners their right column). Both are identical at
+  32x32.
+- `quantization`: "truncate" (default, the reference's uint8 cast, which
+  may land one level below the eps-ball through float rounding) or "round"
+  (to the nearest uint8 level, at most 0.5/255 from the PGD output).
 """
 from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 import torch
@@ -128,6 +131,19 @@ def pgd_linf(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         adversarial = adversarial.detach() + step_size * grad.sign()
         adversarial = (images + (adversarial - images).clamp(-epsilon, epsilon)).clamp(0, 1)
     return adversarial.detach()
+
+
+@contextmanager
+def input_gradients_only(model: torch.nn.Module):
+    """Freeze the parameters while PGD differentiates with respect to the
+    input (no weight gradients are computed), then restore their flags."""
+    flags = [p.requires_grad for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 @TRIGGERS.register("lc")
@@ -224,7 +240,10 @@ class LabelConsistentTrigger(AdditiveTrigger):
         """Madry PGD adversarial training on the whole training set: every
         step trains on PGD examples of the batch (cross-entropy only)."""
         device = torch.device(ctx.device)
-        steps_per_epoch = math.ceil(len(ctx.images) / self.batch_size)
+        # The last partial batch of an epoch is dropped (a batch of one
+        # sample would break BatchNorm), unless the set is a single batch.
+        drop_last = len(ctx.images) > self.batch_size
+        steps_per_epoch = len(ctx.images) // self.batch_size if drop_last else 1
         total = self.robust_epochs * steps_per_epoch
         if self.max_robust_steps is not None:
             total = min(total, self.max_robust_steps)
@@ -240,13 +259,13 @@ class LabelConsistentTrigger(AdditiveTrigger):
             if step >= total:
                 break
             started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-            # drop_last: a last batch of one sample would break BatchNorm.
-            for x, y, _ in ctx.batches(self.batch_size, epoch=epoch, drop_last=len(ctx.images) > self.batch_size):
+            for x, y, _ in ctx.batches(self.batch_size, epoch=epoch, drop_last=drop_last):
                 if step >= total:
                     break
                 model.eval()
-                x_adv = pgd_linf(model, x, y, self.robust_epsilon, self.robust_step_size, self.robust_steps,
-                                 random_start=random_start)
+                with input_gradients_only(model):
+                    x_adv = pgd_linf(model, x, y, self.robust_epsilon, self.robust_step_size, self.robust_steps,
+                                     random_start=random_start)
                 model.train()
                 with autocast:
                     logits = model(x_adv)
@@ -268,13 +287,11 @@ class LabelConsistentTrigger(AdditiveTrigger):
         """PGD adversarial examples of the training samples at `indices` on
         the robust model (eval mode, no random start); uint8 (N, C, H, W)."""
         model.eval()
-        requires_grad = [p.requires_grad for p in model.parameters()]
-        model.requires_grad_(False)  # only the input gradient is needed
         out = torch.empty((len(indices), *self.image_shape), dtype=torch.uint8)
         started, clean_correct, adv_correct = time.perf_counter(), 0, 0
         batches = math.ceil(len(indices) / self.batch_size)
         ctx.log(f"lc: crafting {len(indices)} adversarial images (PGD-{self.steps}, eps {self.epsilon * 255:.3g}/255)")
-        try:
+        with input_gradients_only(model):
             for b, start in enumerate(range(0, len(indices), self.batch_size)):
                 chunk = indices[start:start + self.batch_size]
                 x = ctx.float_images(chunk)
@@ -289,9 +306,6 @@ class LabelConsistentTrigger(AdditiveTrigger):
                 if (b + 1) % max(1, batches // 10) == 0 or b + 1 == batches:
                     ctx.log(f"lc: crafted {start + len(chunk)}/{len(indices)} "
                             f"({time.perf_counter() - started:.1f}s)")
-        finally:
-            for p, flag in zip(model.parameters(), requires_grad):
-                p.requires_grad_(flag)
         ctx.log(f"lc: robust model accuracy on the poisoned samples: clean {clean_correct / len(indices):.3f}, "
                 f"adversarial {adv_correct / len(indices):.3f}")
         return out.contiguous()

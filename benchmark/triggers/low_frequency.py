@@ -37,7 +37,8 @@ Deviations from the reference, each forced or a fix:
   value range 0.2), while the current generate_pattern.py saves
   clip(v * 255 + 127.5), a much brighter, offset pattern that the published
   numbers never used. The state here is v itself, in [0, 1] pixel units, as in
-  the shipped files.
+  the shipped files (which, being uint8, also round v down to 1/255 steps;
+  here v keeps its float precision, a difference below 1/255 per pixel).
 - Evaluation subset. The preparation stage holds the training set only, so the
   `eval_per_class` images per class come from training images outside the
   generation set (BackdoorBench draws them from the test set).
@@ -150,7 +151,7 @@ class LowFrequencyTrigger(AdditiveTrigger):
                     continue
                 v = rescale(smooth(v + smooth(step, kernel), kernel), self.value_range)
                 updates += 1
-            rate = float((predict(model, eval_images + v) != eval_clean_pred).float().mean())
+            rate = int((predict(model, eval_images + v) != eval_clean_pred).sum()) / len(eval_images)
             self.fooling_rates.append(rate)
             log(f"lf pass {pass_number + 1}: {updates} updates, fooling rate {rate:.3f} (goal {goal:.3f})")
             if should_stop(self.fooling_rates, goal):

@@ -53,6 +53,14 @@ Deviations, each named:
 - `residual_limit` (off by default, the faithful behaviour) clips the
   residual E(s, x) - x to +-residual_limit in [0, 1] pixel units before
   quantisation.
+
+Cost (measured, one CPU core, batch 64, CPU seconds per training step):
+width 32 about 1.1 s, width 16 about 0.36 s, width 8 about 0.16 s, for
+1x28x28 and 3x32x32 alike (28 is padded to 32). Fashion-MNIST's 60,000
+images for 20 epochs are 18,760 steps: about 5.7 CPU-hours at width 32,
+1.9 at width 16, 0.8 at width 8; a GPU takes minutes. The bit accuracy sits
+at chance for the first ~10^3 steps before the encoder and decoder agree on
+a code, so `max_steps` far below that leaves an untrained trigger.
 """
 from __future__ import annotations
 
@@ -96,7 +104,7 @@ class StegaStampEncoder(nn.Module):
         self.secret_dense = nn.Linear(fingerprint_length, c * SECRET_MAP_SIDE * SECRET_MAP_SIDE)
         self.inc = nn.Conv2d(2 * c, down[0], 3, 1, 1)
         self.down = nn.ModuleList(nn.Conv2d(down[i], down[i + 1], 3, 2, 1) for i in range(LEVELS))
-        # up stage i halves the deepest channels back: 256->128 (merge with 128), ..., 32->32 (merge with 32)
+        # up path, deepest first: 256->128 then merge with conv4's 128, ..., 32->32 merged with conv1 and the input
         ups, merges = [], []
         for i in range(LEVELS, 0, -1):
             ups.append(nn.Conv2d(down[i], down[i - 1], 2, 1))
@@ -284,12 +292,15 @@ class SSBATrigger(Trigger):
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         encoder, decoder = self._networks()
-        expected = {"secret"} | {"encoder." + k for k in encoder.state_dict()} | {
-            "decoder." + k for k in decoder.state_dict()}
-        if set(tensors) != expected:
-            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-            raise ValueError(f"ssba: state does not match the trigger's parameters; missing {missing}, "
-                             f"unexpected {extra}")
+        expected = {"secret": (self.fingerprint_length,)}
+        for prefix, net in (("encoder.", encoder), ("decoder.", decoder)):
+            expected.update({prefix + k: tuple(v.shape) for k, v in net.state_dict().items()})
+        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        if got != expected:
+            wrong = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
+            raise ValueError(f"ssba: state does not match the trigger's parameters (fingerprint_length, width, "
+                             f"image shape); missing {sorted(expected.keys() - got.keys())}, unexpected "
+                             f"{sorted(got.keys() - expected.keys())}, other shapes {wrong}")
         encoder.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
         decoder.load_state_dict({k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")})
         self.encoder, self.decoder = encoder.eval(), decoder.eval()

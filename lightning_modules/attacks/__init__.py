@@ -8,6 +8,7 @@ ATTACKS: Registry[AttackPreset] = Registry(
     expects=("an AttackPreset (a trigger name, its parameters and the module that trains with it)",
              lambda obj: isinstance(obj, AttackPreset)))
 
-from lightning_modules.attacks import badnets, blended, clean  # noqa: E402,F401  (registers)
+from lightning_modules.attacks import (badnets, blended, clean, input_aware, lc, lf, sig, ssba,  # noqa: E402,F401
+                                       trojannn, wanet)  # (registers)
 
 __all__ = ["ATTACKS", "AttackModule", "AttackPreset"]

@@ -42,13 +42,23 @@ zero as the suite's other attacks do (G's stays constant).
 
 Differences from the reference, each stated:
 
-- Which rows are poisoned: BackdoorBench makes the first pratio * batch
-  rows of every shuffled batch backdoor rows, so every image is poisoned in
-  some epochs. Here, as for every attack of the suite, the poisoned rows are
-  those whose dataset index is in the seeded `poison_indices`; at poison
-  rate 0.1 a batch holds the same expected fraction (10 %), a fixed set of
-  images. A batch without poisoned rows trains the classifier only
-  (BackdoorBench's `generalize_to_lower_pratio` poisons random batches).
+- Which rows are backdoor rows. BackdoorBench makes the first
+  int(pratio * batch) rows of every shuffled batch backdoor rows, so every
+  image carries its trigger in some epochs and in none for good; below one
+  row per batch it poisons one row with probability pratio * batch
+  (`generalize_to_lower_pratio`). `backdoor_rows="per_batch"` (the default)
+  does that with random rows of each batch, pratio being the poisoned
+  fraction of the training set (the cell's poison rate).
+  `backdoor_rows="indices"` poisons, as the suite's other attacks, the rows
+  whose dataset index is in the seeded `poison_indices`: the same expected
+  fraction of each batch, but always the same images. It is not equivalent
+  here: the classifier then partly learns those images rather than their
+  triggers. Measured on the synthetic 4-class 1x16x16 data (512 training
+  images, poison rate 0.1, small CNN, 30 epochs, 8-channel generators):
+  test ASR 0.79 with per-batch rows, 0.23 with fixed indices, whose own
+  images reach 0.61 against 0.20 for the other training images.
+  With fixed indices a batch without poisoned rows trains the classifier
+  only.
 - Cross rows: BackdoorBench takes as many as the backdoor rows, the next
   rows of the batch, with triggers from images of a second, independently
   shuffled loader. Here `cross_ratio` (default 1: as many as the backdoor
@@ -96,7 +106,7 @@ class InputAwareAttackModule(AttackModule):
                  weight_decay: NonNegativeFloat = 5e-4, augment=None, generator_lr: PositiveFloat = 0.01,
                  generator_betas: tuple[OpenUnitInterval, OpenUnitInterval] = (0.5, 0.9),
                  cross_ratio: NonNegativeFloat = 1.0, lr_schedule: Literal["constant", "cosine"] = "constant",
-                 augment_first: bool = True):
+                 augment_first: bool = True, backdoor_rows: Literal["per_batch", "indices"] = "per_batch"):
         super().__init__(model, num_classes, trigger, poison_indices, num_train, target_label, lr, momentum,
                          weight_decay, augment)
         if not isinstance(trigger, InputAwareTrigger):
@@ -111,7 +121,10 @@ class InputAwareAttackModule(AttackModule):
     def joint_batch(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> JointBatch:
         """Backdoor and cross rows of a batch, with gradients through G."""
         trigger, n = self.trigger, len(x)
-        poisoned = self.poison_mask[idx]
+        if self.hparams.backdoor_rows == "indices":
+            poisoned = self.poison_mask[idx]
+        else:
+            poisoned = self.per_batch_rows(n, x.device)
         backdoor_rows = torch.nonzero(poisoned).flatten()
         num_backdoor = len(backdoor_rows)
         empty = backdoor_rows[:0]
@@ -150,9 +163,28 @@ class InputAwareAttackModule(AttackModule):
             diversity = x.new_zeros(())
         return JointBatch(images, labels, diversity, backdoor_rows, cross_rows[:num_cross], sources[:num_cross])
 
+    def per_batch_rows(self, n: int, device) -> torch.Tensor:
+        """BackdoorBench's choice: int(rate * n) rows of every (shuffled)
+        batch, rate = the poisoned fraction of the training set; below one
+        row per batch, one row with probability rate * n
+        (`generalize_to_lower_pratio`)."""
+        expected = float(self.poison_mask.float().mean()) * n
+        count = int(expected) if expected >= 1 else int(torch.rand(()) < expected)
+        rows = torch.zeros(n, dtype=torch.bool, device=device)
+        rows[torch.randperm(n, device=device)[:count]] = True
+        return rows
+
     def prepare_batch(self, x, y, idx):
         batch = self.joint_batch(x, y, idx)
         return batch.images, batch.labels
+
+    def on_fit_start(self):
+        # Lightning keeps each module's mode; G trains with batch statistics,
+        # as the reference's netG.train() (M stays frozen in eval mode).
+        self.pattern_generator.train()
+
+    def on_fit_end(self):
+        self.pattern_generator.eval()
 
     def training_step(self, batch, batch_idx):
         x, y, idx = batch
