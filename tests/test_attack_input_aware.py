@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 import benchmark.triggers.input_aware as iad
-import lightning_modules.attacks.input_aware as iad_attack
 from benchmark.errors import ConfigError
 from benchmark.models import build_model
 from benchmark.schema import validate_params
@@ -212,6 +211,21 @@ def test_triggers_differ_across_inputs(prepared):
     with torch.no_grad():
         patterns = generator(torch.cat([pair, x[:6]]))
     assert (patterns[0] - patterns[1]).abs().mean() > 0.01
+
+
+def test_mask_stage_measures_image_distances_in_units_of_the_pixel_std():
+    images = torch.randint(0, 256, (300, 3, 5, 5), dtype=torch.uint8)
+    expected = (images.double() / 255).transpose(0, 1).flatten(1).std(dim=1, unbiased=False).float()
+    assert torch.allclose(iad.pixel_std(images, chunk=64), expected, atol=1e-6)
+    # BackdoorBench's diversity term divides distances of normalised images:
+    # half the std, twice the term; the density term does not change.
+    trigger = InputAwareTrigger(SHAPE, **TINY)
+    x1, x2 = torch.rand(4, *SHAPE), torch.rand(4, *SHAPE)
+    with torch.no_grad():
+        pixels = trigger.mask_objective(x1, x2, torch.tensor([1.0]))
+        halved = trigger.mask_objective(x1, x2, torch.tensor([0.5]))
+    assert torch.allclose(halved["diversity"], 2 * pixels["diversity"], rtol=1e-5)
+    assert torch.equal(halved["norm"], pixels["norm"])
 
 
 def test_prepare_is_a_function_of_the_seed():

@@ -104,7 +104,9 @@ def test_max_steps_caps_training_and_progress_is_logged():
     prepared((1, 16, 16), log=messages.append, max_steps=2)
     assert "for 2 steps" in messages[0]
     assert any("step 2/2" in m for m in messages)
-    assert "psnr" in messages[-1] and "bit accuracy" in messages[-1]
+    assert any("psnr" in m and "bit accuracy" in m for m in messages[-2:])
+    # two steps cannot pass the bit-accuracy plateau: the user is told the image loss never came on
+    assert "image loss was never switched on" in messages[-1]
 
 
 def test_apply_is_per_image_on_the_uint8_grid_and_in_range():
@@ -170,6 +172,7 @@ def test_faithful_schedule_gives_an_invisible_readable_trigger():
     trigger = prepared(shape, log=messages.append, width=8, fingerprint_length=8, lr=1e-3, l2_loss_await=0,
                        l2_loss_ramp=200, batch_size=32, epochs=1000, max_steps=3000)
     assert any("image loss switched on" in m for m in messages)
+    assert not any("never switched on" in m for m in messages)
     x = smooth_images(512, shape, seed=11).float() / 255   # images the encoder never saw
     encoded = trigger(x)
     assert psnr(x, encoded) >= 27.0

@@ -204,3 +204,29 @@ def test_tiny_imagenet_missing_names_the_directory(tmp_path):
     with pytest.raises(DataNotFoundError, match="val_annotations.txt") as err:
         TinyImageNetDataModule(data_dir=tmp_path, download=False).load()
     assert str(tmp_path) in str(err.value)
+
+
+def test_cifar10_grid_plans_every_attack(fake_cifar, tmp_path):
+    """`make sweep-cifar10`'s dry run on CIFAR-10 files in the real format:
+    every registered attack gets its f_A, and its trigger stage where it has one."""
+    import dataclasses
+    from pathlib import Path
+
+    from benchmark.store import ArtifactStore
+    from benchmark.triggers import TRIGGERS
+    from lightning_modules.attacks import ATTACKS
+    from sweeps.graph import build_graph
+    from sweeps.grid import load_grid
+
+    folder, _ = fake_cifar
+    grid = load_grid(Path(__file__).resolve().parents[1] / "sweeps" / "cifar10.yaml")
+    grid = dataclasses.replace(grid, data_dir=folder.parent)
+    graph = build_graph(grid, ArtifactStore(tmp_path / "store"))
+    attacks = [n for n in ATTACKS.names() if ATTACKS.get(n).trigger is not None]
+    assert sorted(grid.attacks) == sorted(attacks)
+    jobs = [node.job for node in graph.nodes.values()]
+    planned = {j.config["attack"] for j in jobs if j.kind == "attack"}
+    assert planned == set(attacks)
+    prepared = {j.label for j in jobs if j.kind == "trigger"}
+    assert prepared == {ATTACKS.get(a).trigger for a in attacks
+                        if TRIGGERS.get(ATTACKS.get(a).trigger).preparation != "none"}

@@ -84,3 +84,24 @@ def test_fingerprint_follows_a_plugins_sibling_imports(tmp_path):
     first = fingerprint.code_fingerprint(cls, module)
     (tmp_path / "helpers_for_fp.py").write_text("SCALE = 2\n")
     assert fingerprint.code_fingerprint(cls, module) != first
+
+
+@pytest.mark.parametrize("edited", ["benchmark/triggers/ssba.py", "lightning_modules/attacks/wanet.py",
+                                    "benchmark/triggers/low_frequency.py"])
+def test_editing_another_attack_changes_nothing(edited, make_cell, monkeypatch):
+    # Attacks and triggers register by discovery: a BadNets cell does not
+    # depend on the code of the other attacks.
+    before = _keys(make_cell(defenses=("ft",)))
+    _edited(monkeypatch, edited)
+    assert _changed(before, _keys(make_cell(defenses=("ft",)))) == set()
+
+
+def test_editing_a_prepared_trigger_recomputes_from_its_stage(make_cell, monkeypatch):
+    from tests.conftest import FAST_TRIGGER_PARAMS
+
+    kwargs = dict(attack="lf", defenses=("ft",), trigger_params=FAST_TRIGGER_PARAMS["lf"])
+    before = _keys(make_cell(**kwargs))
+    _edited(monkeypatch, "benchmark/triggers/low_frequency.py")
+    changed = _changed(before, _keys(make_cell(**kwargs)))
+    assert {"trigger/lf", "attack/lf", "defense/ft", "reactivation/wba vs ft"} <= changed
+    assert "train/clean model" not in changed  # f_C, which the trigger is computed on, stays

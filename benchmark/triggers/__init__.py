@@ -1,5 +1,7 @@
 """Triggers: batched tensor ops on [0, 1] images of shape (B, C, H, W)."""
+import importlib
 import inspect
+import pkgutil
 
 from benchmark.registry import Registry
 from benchmark.triggers.base import AdditiveTrigger, PatternTrigger, Trigger
@@ -10,8 +12,12 @@ TRIGGERS: Registry[type[Trigger]] = Registry("trigger")
 #: cell's seed for triggers drawn from it); the rest are trigger parameters
 TRIGGER_RUNNER_ARGS = ("image_shape", "seed")
 
-from benchmark.triggers import (badnets, blended, input_aware, label_consistent, low_frequency,  # noqa: E402,F401,I001
-                                sig, ssba, trojannn, wanet)  # (registers)
+# Every trigger file of this package registers itself on import. Imported by
+# discovery, not by name, so that a trigger's code fingerprint (its file and
+# what it imports) does not cover every other trigger.
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in ("base", "preparation"):
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 
 def build_trigger(name: str, image_shape: tuple[int, int, int], seed: int = 0, **params) -> Trigger:

@@ -1,5 +1,8 @@
 """Attacks by short name. An attack is a trigger plus a preset; a new module
 class is needed only when the training objective itself changes."""
+import importlib
+import pkgutil
+
 from benchmark.registry import Registry
 from lightning_modules.attacks.base import AttackModule, AttackPreset
 
@@ -8,7 +11,10 @@ ATTACKS: Registry[AttackPreset] = Registry(
     expects=("an AttackPreset (a trigger name, its parameters and the module that trains with it)",
              lambda obj: isinstance(obj, AttackPreset)))
 
-from lightning_modules.attacks import (badnets, blended, clean, input_aware, lc, lf, sig, ssba,  # noqa: E402,F401
-                                       trojannn, wanet)  # (registers)
+# Every file of this package registers its preset on import; discovered, not
+# named, so an attack's code fingerprint does not cover the other attacks.
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["ATTACKS", "AttackModule", "AttackPreset"]

@@ -40,7 +40,8 @@ joint epochs, so both rates are constant: `lr_schedule="constant"` (the
 default). `lr_schedule="cosine"` anneals the classifier's rate per step to
 zero as the suite's other attacks do (G's stays constant).
 
-Differences from the reference, each stated:
+Where this module and the suite's other attacks or the reference part ways
+(the reference's behaviour is the default wherever there is a choice):
 
 - Which rows are backdoor rows. BackdoorBench makes the first
   int(pratio * batch) rows of every shuffled batch backdoor rows, so every
