@@ -26,8 +26,7 @@ from pathlib import Path
 from rich.console import Console
 
 from benchmark.rows import BACKDOORED_ROW, CLEAN_ROW, cell_rows
-from benchmark.spec import (DEFENSE_RUNNER_ARGS, REACTIVATION_RUNNER_ARGS, SURROGATE_KEYS, CellSpec,  # noqa: F401
-                            _field)
+from benchmark.spec import DEFENSE_RUNNER_ARGS, REACTIVATION_RUNNER_ARGS, SURROGATE_KEYS, CellSpec
 from benchmark.stages import bec, controls, defense, evaluate, reactivation, training, trigger
 from benchmark.stages.context import CellContext
 from benchmark.stages.job import Plan, StageJob

@@ -61,9 +61,6 @@ reference behaviour where the reference defines one:
 """
 from __future__ import annotations
 
-import math
-import time
-from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 import torch
@@ -73,6 +70,10 @@ from benchmark.errors import ConfigError
 from benchmark.schema import (ClosedUnitInterval, LinfBudget, Momentum, NonNegativeFloat, PositiveFloat,
                               PositiveInt)
 from benchmark.triggers import TRIGGERS
+# PGD and the robust model's training live in adversarial; pgd_linf and
+# input_gradients_only are imported here under their old names.
+from benchmark.triggers.adversarial import adversarial_training, craft_adversarial, input_gradients_only, \
+    pgd_linf  # noqa: F401
 from benchmark.triggers.base import AdditiveTrigger
 
 # The 3x3 sign pattern of the top-left corner of BackdoorBench's
@@ -110,40 +111,6 @@ def resized_corner_signs(height: int, width: int) -> torch.Tensor:
     if (height, width) == (REFERENCE_SIZE, REFERENCE_SIZE):
         return signs
     return F.interpolate(signs[None, None], size=(height, width), mode="nearest")[0, 0]
-
-
-def pgd_linf(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float,
-             step_size: float, steps: int, random_start: torch.Generator | None = None) -> torch.Tensor:
-    """Untargeted L-inf PGD (cross-entropy ascent on the true labels) from
-    `images` in [0, 1]; a uniform start in the eps-ball when `random_start`
-    (a generator on the images' device) is given. The model's mode is the
-    caller's; the result is detached, in [0, 1] and within eps."""
-    adversarial = images.detach().clone()
-    if random_start is not None:
-        noise = torch.rand(images.shape, generator=random_start, device=images.device, dtype=images.dtype)
-        adversarial = (adversarial + (2 * noise - 1) * epsilon).clamp(0, 1)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=images.device.type == "cuda")
-    for _ in range(steps):
-        adversarial.requires_grad_(True)
-        with autocast:
-            loss = F.cross_entropy(model(adversarial), labels)
-        (grad,) = torch.autograd.grad(loss, adversarial)
-        adversarial = adversarial.detach() + step_size * grad.sign()
-        adversarial = (images + (adversarial - images).clamp(-epsilon, epsilon)).clamp(0, 1)
-    return adversarial.detach()
-
-
-@contextmanager
-def input_gradients_only(model: torch.nn.Module):
-    """Freeze the parameters while PGD differentiates with respect to the
-    input (no weight gradients are computed), then restore their flags."""
-    flags = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
 
 
 @TRIGGERS.register("lc")
@@ -240,75 +207,18 @@ class LabelConsistentTrigger(AdditiveTrigger):
         """Madry PGD adversarial training on the whole training set: every
         step trains on PGD examples of the batch (cross-entropy only)."""
         device = torch.device(ctx.device)
-        # The last partial batch of an epoch is dropped (a batch of one
-        # sample would break BatchNorm), unless the set is a single batch.
-        drop_last = len(ctx.images) > self.batch_size
-        steps_per_epoch = len(ctx.images) // self.batch_size if drop_last else 1
-        total = self.robust_epochs * steps_per_epoch
-        if self.max_robust_steps is not None:
-            total = min(total, self.max_robust_steps)
-        optimizer = torch.optim.SGD(model.parameters(), lr=self.robust_lr, momentum=self.robust_momentum,
-                                    weight_decay=self.robust_weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-        random_start = ctx.generator(RANDOM_START_STREAM, device=device)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-        ctx.log(f"lc: adversarial training of the robust model, {total} steps "
-                f"(PGD-{self.robust_steps}, eps {self.robust_epsilon * 255:.3g}/255)")
-        step = 0
-        for epoch in range(self.robust_epochs):
-            if step >= total:
-                break
-            started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
-            for x, y, _ in ctx.batches(self.batch_size, epoch=epoch, drop_last=drop_last):
-                if step >= total:
-                    break
-                model.eval()
-                with input_gradients_only(model):
-                    x_adv = pgd_linf(model, x, y, self.robust_epsilon, self.robust_step_size, self.robust_steps,
-                                     random_start=random_start)
-                model.train()
-                with autocast:
-                    logits = model(x_adv)
-                    loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                step += 1
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.detach().argmax(1) == y).sum())
-                seen += len(y)
-            ctx.log(f"lc: robust epoch {epoch + 1}/{self.robust_epochs}: adversarial loss "
-                    f"{loss_sum / max(seen, 1):.4f}, adversarial accuracy {correct / max(seen, 1):.3f}, "
-                    f"{time.perf_counter() - started:.1f}s")
-        model.eval()
+        adversarial_training(model, ctx, epochs=self.robust_epochs, epsilon=self.robust_epsilon,
+                             step_size=self.robust_step_size, steps=self.robust_steps, lr=self.robust_lr,
+                             momentum=self.robust_momentum, weight_decay=self.robust_weight_decay,
+                             batch_size=self.batch_size, random_start=ctx.generator(RANDOM_START_STREAM, device=device),
+                             max_steps=self.max_robust_steps)
 
     def craft(self, model: torch.nn.Module, ctx, indices: torch.Tensor) -> torch.Tensor:
         """PGD adversarial examples of the training samples at `indices` on
         the robust model (eval mode, no random start); uint8 (N, C, H, W)."""
-        model.eval()
-        out = torch.empty((len(indices), *self.image_shape), dtype=torch.uint8)
-        started, clean_correct, adv_correct = time.perf_counter(), 0, 0
-        batches = math.ceil(len(indices) / self.batch_size)
-        ctx.log(f"lc: crafting {len(indices)} adversarial images (PGD-{self.steps}, eps {self.epsilon * 255:.3g}/255)")
-        with input_gradients_only(model):
-            for b, start in enumerate(range(0, len(indices), self.batch_size)):
-                chunk = indices[start:start + self.batch_size]
-                x = ctx.float_images(chunk)
-                y = ctx.labels[chunk].to(x.device)
-                x_adv = pgd_linf(model, x, y, self.epsilon, self.step_size, self.steps)
-                quantized = (x_adv * 255).round() if self.quantization == "round" else x_adv * 255
-                out[start:start + len(chunk)] = quantized.to(torch.uint8).cpu()  # the cast truncates
-                with torch.no_grad():
-                    clean_correct += int((model(x).argmax(1) == y).sum())
-                    adv_correct += int((model(out[start:start + len(chunk)].to(x.device).float() / 255)
-                                        .argmax(1) == y).sum())
-                if (b + 1) % max(1, batches // 10) == 0 or b + 1 == batches:
-                    ctx.log(f"lc: crafted {start + len(chunk)}/{len(indices)} "
-                            f"({time.perf_counter() - started:.1f}s)")
-        ctx.log(f"lc: robust model accuracy on the poisoned samples: clean {clean_correct / len(indices):.3f}, "
-                f"adversarial {adv_correct / len(indices):.3f}")
-        return out.contiguous()
+        return craft_adversarial(model, ctx, indices, self.image_shape, epsilon=self.epsilon,
+                                 step_size=self.step_size, steps=self.steps, batch_size=self.batch_size,
+                                 quantization=self.quantization)
 
     # ---- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
