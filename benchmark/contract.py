@@ -170,14 +170,14 @@ def check_reactivation_contract(method, params: dict | None = None, workdir: str
             cell.execute(dep)
 
         loaded = []
-        load_model = cell.load_model
+        load_model = cell.ctx.load_model  # what every stage loads its models through
 
         def spy_load(artifact):
             model = load_model(artifact)
             loaded.append((artifact.key, model, copy.deepcopy(model.state_dict())))
             return model
 
-        with mock.patch.object(cell, "load_model", spy_load):
+        with mock.patch.object(cell.ctx, "load_model", spy_load):
             artifact = cell.execute(job)
         for key, model, state in loaded:
             for k, v in state.items():

@@ -36,7 +36,8 @@ SUITE_PACKAGES = ("benchmark", "lightning_modules", "datamodules")
 # Modules that only orchestrate (plan, schedule, report) and never compute a
 # stage's result: not fingerprinted (see the module docstring).
 ORCHESTRATION = ("benchmark.cell", "benchmark.stages", "benchmark.rows", "benchmark.spec", "benchmark.cli",
-                 "benchmark.report", "benchmark.wandb_logging", "benchmark.score", "benchmark.leaderboard")
+                 "benchmark.report", "benchmark.figures", "benchmark.wandb_logging", "benchmark.score",
+                 "benchmark.leaderboard")
 
 
 def _module_file(name: str) -> Path | None:
