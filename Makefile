@@ -14,7 +14,7 @@ STORE ?= store
 
 GRID ?= sweeps/demo.yaml
 
-.PHONY: help install test test-slow demo cell sweep sweep-cifar10 score report wandb-sync fashion-mnist clean-store
+.PHONY: help install test test-slow test-attacks demo cell sweep sweep-cifar10 score report wandb-sync fashion-mnist clean-store
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,7 +32,10 @@ test: install ## fast test suite (CPU, synthetic data, a few minutes)
 	$(PY) -m pytest -q
 
 test-slow: install fashion-mnist ## science tests on real Fashion-MNIST (slow)
-	$(PY) -m pytest -q -m slow --override-ini="addopts="
+	$(PY) -m pytest -q -m "slow and not attack_science" --override-ini="addopts="
+
+test-attacks: install fashion-mnist ## science of every attack beyond BadNets/Blended on Fashion-MNIST (~30 min)
+	$(PY) -m pytest -q -s -m attack_science --override-ini="addopts="
 
 demo: install fashion-mnist ## the demo grid on Fashion-MNIST (CPU, ~15 min): BadNets and Blended x the paper's defenses, BEC, WBA + gUAA, report
 	$(PY) -m sweeps run sweeps/demo.yaml

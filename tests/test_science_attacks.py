@@ -23,7 +23,9 @@ import pytest
 from benchmark.cell import Cell
 from sweeps.grid import load_grid
 
-pytestmark = pytest.mark.slow
+# Its own target (`make test-attacks`), outside `make test-slow`: the grid
+# costs about 30 minutes on two cores on top of the other science tests.
+pytestmark = [pytest.mark.slow, pytest.mark.attack_science]
 
 GRID = Path(__file__).resolve().parents[1] / "sweeps" / "attacks.yaml"
 DIRTY_LABEL = ("wanet", "input_aware", "lf", "trojannn", "ssba")
