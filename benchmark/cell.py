@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from benchmark.checkpoints import JobCheckpoints
 from benchmark.rows import BACKDOORED_ROW, CLEAN_ROW, cell_rows
 from benchmark.spec import DEFENSE_RUNNER_ARGS, REACTIVATION_RUNNER_ARGS, SURROGATE_KEYS, CellSpec
 from benchmark.stages import bec, controls, defense, evaluate, reactivation, training, trigger
@@ -41,8 +42,10 @@ __all__ = ["Cell", "CellSpec", "StageJob", "CLEAN_ROW", "BACKDOORED_ROW", "DEFEN
 class Cell:
     def __init__(self, spec: CellSpec, store: ArtifactStore, data_dir: str | Path = "data",
                  accelerator: str = "auto", progress: bool = True, console: Console | None = None,
-                 trainers: TrainerFactory | None = None, datamodule=None):
+                 trainers: TrainerFactory | None = None, datamodule=None, checkpoint_every: int = 5):
         spec.validate()
+        #: epochs between checkpoints of a job's fits (benchmark/checkpoints.py)
+        self.checkpoint_every = checkpoint_every
         self.spec = spec
         self.store = store
         self.console = console or Console(stderr=True, quiet=not progress)
@@ -139,10 +142,18 @@ class Cell:
         inputs = {role: self.store.load(dep.kind, dep.key) for role, dep in job.deps.items()}
         start = time.perf_counter()
         self.console.print(f"[bold]{job.kind}[/] {job.label} ...", highlight=False)
-        metrics, tensors = job.run(inputs)
+        # fits checkpoint in the store's temporary area: a job run again after
+        # a kill continues from there (benchmark/checkpoints.py)
+        checkpoints = JobCheckpoints(self.store.checkpoint_dir(job.kind, job.key), self.checkpoint_every)
+        self.trainers.checkpoints = checkpoints
+        try:
+            metrics, tensors = job.run(inputs)
+        finally:
+            self.trainers.checkpoints = None
         artifact = self.store.save(job.kind, job.key, job.config, job.input_keys, metrics, tensors,
                                    extra={"label": job.label, "cell": self.name,
                                           "seconds": round(time.perf_counter() - start, 2)})
+        checkpoints.remove()
         self.console.print(f"  done in {time.perf_counter() - start:.1f} s  {artifact.path}", highlight=False)
         return artifact
 

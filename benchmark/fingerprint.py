@@ -40,7 +40,20 @@ ORCHESTRATION = ("benchmark.cell", "benchmark.stages", "benchmark.rows", "benchm
                  "benchmark.leaderboard")
 
 
+_FILES: dict[str, Path | None] = {}
+
+
 def _module_file(name: str) -> Path | None:
+    """The source file of a module; memoised once the module is imported."""
+    if name in _FILES:
+        return _FILES[name]
+    file = _find_module_file(name)
+    if name in sys.modules:
+        _FILES[name] = file
+    return file
+
+
+def _find_module_file(name: str) -> Path | None:
     module = sys.modules.get(name)
     file = getattr(module, "__file__", None)
     if file is None:
@@ -52,7 +65,19 @@ def _module_file(name: str) -> Path | None:
     return Path(file) if file and file.endswith(".py") else None
 
 
+_TRACKED: dict[tuple, bool] = {}
+
+
 def _tracked(name: str) -> bool:
+    """Whether a module's code counts; memoised per plugin configuration (a
+    grid's plan asks this about the same few hundred names thousands of times)."""
+    key = (name, frozenset(plugins.PLUGIN_PACKAGES), frozenset(plugins.PLUGIN_DIRS))
+    if key not in _TRACKED:
+        _TRACKED[key] = _decide_tracked(name)
+    return _TRACKED[key]
+
+
+def _decide_tracked(name: str) -> bool:
     if any(name == o or name.startswith(o + ".") for o in ORCHESTRATION):
         return False
     top = name.split(".")[0]

@@ -122,6 +122,11 @@ class ArtifactStore:
             raise
         return self.load(kind, key)
 
+    def checkpoint_dir(self, kind: str, key: str) -> Path:
+        """Where a running job's fits checkpoint (benchmark/checkpoints.py):
+        in the temporary area, so it is never mistaken for an artifact."""
+        return self.root / ".tmp" / "checkpoints" / f"{kind}-{key}"
+
     def remove_stale_temporaries(self) -> int:
         """Delete half-written directories left by writers that no longer run."""
         removed = 0
@@ -136,6 +141,13 @@ class ArtifactStore:
                 continue  # not ours to judge
             shutil.rmtree(tmp, ignore_errors=True)
             removed += 1
+        # checkpoints of jobs whose artifact got published anyway (a job killed
+        # between publishing and cleaning up); the others are kept to resume from
+        for ckpt in (self.root / ".tmp" / "checkpoints").glob("*-*"):
+            kind, _, key = ckpt.name.partition("-")
+            if self.has(kind, key):
+                shutil.rmtree(ckpt, ignore_errors=True)
+                removed += 1
         return removed
 
     def get_or_run(self, kind: str, config: dict, inputs: dict[str, str],

@@ -7,7 +7,9 @@ import warnings
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 
+from benchmark.checkpoints import EpochCheckpoint, JobCheckpoints, SafeCheckpointIO
 from lightning_modules.base import CLEAN, POISONED, BackdoorStage
 
 # Lightning's tips ("consider num_workers", "GPU available but not used") are
@@ -35,9 +37,12 @@ class TrainerFactory:
         # QBRA's accept/reject decisions into a matter of rounding).
         self.precision = precision or ("bf16-mixed" if cuda else "32-true")
         self.device = torch.device("cuda" if cuda else "cpu")
+        #: where the current job's fits checkpoint (set by the cell around a job)
+        self.checkpoints: JobCheckpoints | None = None
 
-    def trainer(self, max_epochs: int = 1, log: bool = False, precision: str | None = None) -> L.Trainer:
-        callbacks = []
+    def trainer(self, max_epochs: int = 1, log: bool = False, precision: str | None = None,
+                callbacks: list | None = None) -> L.Trainer:
+        callbacks = list(callbacks or [])
         if self.progress:
             from lightning.pytorch.callbacks import RichProgressBar
             callbacks.append(RichProgressBar(leave=False))
@@ -45,11 +50,27 @@ class TrainerFactory:
                          precision=precision or self.precision, logger=(self.logger or False) if log else False,
                          enable_checkpointing=False, log_every_n_steps=10,
                          enable_model_summary=False, enable_progress_bar=self.progress,
-                         num_sanity_val_steps=0, callbacks=callbacks)
+                         num_sanity_val_steps=0, callbacks=callbacks,
+                         # one process, one device, whatever the scheduler: Lightning
+                         # would otherwise read a SLURM job's variables as a cluster
+                         # to join; checkpoints are written without pickle
+                         plugins=[LightningEnvironment(), SafeCheckpointIO()])
 
     def fit(self, module: L.LightningModule, loader, epochs: int, precision: str | None = None) -> None:
-        """Train; `precision` overrides the default (re-activation search asks for "32-true")."""
-        self.trainer(max_epochs=epochs, log=True, precision=precision).fit(module, train_dataloaders=loader)
+        """Train; `precision` overrides the default (re-activation search asks
+        for "32-true"). Inside a job with checkpoints, the fit saves every few
+        epochs and continues from its last save if the job ran before."""
+        callbacks, resume = [], None
+        if self.checkpoints is not None:
+            path = self.checkpoints.next_fit()
+            callbacks.append(EpochCheckpoint(path, self.checkpoints.every, getattr(loader, "generator", None)))
+            resume = path if path.is_file() else None
+            if resume is not None:
+                print(f"resuming this fit from its checkpoint {path.name} (a run of this job was interrupted)",
+                      flush=True)
+        self.trainer(max_epochs=epochs, log=True, precision=precision, callbacks=callbacks).fit(
+            module, train_dataloaders=loader, ckpt_path=resume,
+            weights_only=True)  # true of SafeCheckpointIO, which never unpickles; silences Lightning's notice
 
     def evaluate(self, module: BackdoorStage, clean_loader=None, poisoned_loader=None) -> dict[str, float]:
         roles, loaders = [], []

@@ -22,6 +22,8 @@ def main(argv=None) -> int:
     run.add_argument("--store", default=None, help="overrides the grid's store directory")
     run.add_argument("--data-dir", default=None, help="overrides the grid's data directory")
     run.add_argument("--output", default=None, help="overrides the grid's output directory")
+    run.add_argument("--backend", choices=("local", "slurm"), default=None,
+                     help="overrides the grid's executor.backend (slurm: every job a SLURM job)")
     report = sub.add_parser("report", help="write the report of a grid from the store")
     report.add_argument("grid")
     report.add_argument("--store", default=None)
@@ -49,6 +51,13 @@ def _grid(args):
         value = getattr(args, name, None)
         if value is not None:
             setattr(grid, name, Path(value))
+    backend = getattr(args, "backend", None)
+    if backend == "slurm" and grid.executor["backend"] != "slurm":
+        from sweeps.slurm import check_settings
+
+        grid.executor = {**grid.executor, **check_settings({**grid.executor, "backend": "slurm"}, args.grid)}
+    elif backend == "local":
+        grid.executor = {**grid.executor, "backend": "local"}
     return grid
 
 
@@ -82,12 +91,21 @@ def _dispatch(args, console: Console) -> int:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
             grid.executor[name] = value
     store.remove_stale_temporaries()
-    slots = gpu_slots(grid.executor["jobs_per_gpu"], grid.executor["cpu_workers"])
-    console.print(f"grid {grid.name}: {len(graph.cells)} cells, {len(graph)} jobs, "
-                  f"{len(slots)} worker slot(s) on {'GPU ' + ','.join(sorted(set(slots))) if slots[0] else 'CPU'}")
-    outcome = LocalExecutor(graph, slots, console).run()
+    if grid.executor["backend"] == "slurm":
+        from sweeps.slurm import SlurmExecutor
+
+        console.print(f"grid {grid.name}: {len(graph.cells)} cells, {len(graph)} jobs, on SLURM")
+        outcome = SlurmExecutor(graph, grid.executor, console,
+                                checkpoint_every=grid.executor["checkpoint_every"]).run()
+    else:
+        slots = gpu_slots(grid.executor["jobs_per_gpu"], grid.executor["cpu_workers"])
+        console.print(f"grid {grid.name}: {len(graph.cells)} cells, {len(graph)} jobs, {len(slots)} worker "
+                      f"slot(s) on {'GPU ' + ','.join(sorted(set(slots))) if slots[0] else 'CPU'}")
+        outcome = LocalExecutor(graph, slots, console, checkpoint_every=grid.executor["checkpoint_every"]).run()
     if outcome.interrupted:
         return 130
+    if outcome.detached:
+        return 0
     paths = collect(graph, console)
     _print_table(graph, console)
     console.print(f"report: {paths['summary']}")

@@ -90,16 +90,18 @@ class Outcome:
     failed: dict[str, Path] = field(default_factory=dict)   # job id -> log
     skipped: list[str] = field(default_factory=list)
     interrupted: bool = False
+    detached: bool = False   # jobs left running on a cluster, not followed (SLURM, wait: false)
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.skipped and not self.interrupted
+        return not self.failed and not self.skipped and not self.interrupted and not self.detached
 
 
 class LocalExecutor:
     def __init__(self, graph: JobGraph, slots: list[str | None], console: Console | None = None,
-                 poll_seconds: float = 0.3):
+                 poll_seconds: float = 0.3, checkpoint_every: int = 5):
         self.graph = graph
+        self.checkpoint_every = checkpoint_every
         self.slots = slots
         self.console = console or Console(stderr=True)
         self.poll = poll_seconds
@@ -135,7 +137,8 @@ class LocalExecutor:
         else:
             env["CUDA_VISIBLE_DEVICES"] = device
         command = [sys.executable, "-m", "sweeps.worker", "--serve", "--store", str(self.graph.store.root),
-                   "--data-dir", str(grid.data_dir), "--output", str(self.output), "--project", grid.wandb_project]
+                   "--data-dir", str(grid.data_dir), "--output", str(self.output), "--project", grid.wandb_project,
+                   "--checkpoint-every", str(self.checkpoint_every)]
         self.log_dir.mkdir(parents=True, exist_ok=True)
         worker = Worker(command, env, self.log_dir / f"worker-{slot}.log", slot, self.events)
         self.workers[slot] = worker

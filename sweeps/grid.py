@@ -14,7 +14,7 @@ checked before anything runs.
     attack_params: {badnets: {size: 4}}  # trigger overrides per attack
     defense_params: {ft: {epochs: 20}}
     reactivation_params: {wba: {epochs: 10}}
-    executor: {jobs_per_gpu: 1, cpu_workers: 1}
+    executor: {jobs_per_gpu: 1, cpu_workers: 1}  # or {backend: slurm, ...}: sweeps/slurm.py
     store: store                       # artifact store (shared by grids)
     output: runs/demo                  # report, logs, W&B runs
     data_dir: data
@@ -37,7 +37,8 @@ from lightning_modules.reactivation import REACTIVATIONS
 GRIDDED = ("dataset", "arch", "attack", "seed", "defenses", "reactivations", "defense_params",
            "reactivation_params", "trigger_params")
 CELL_FIELDS = [f.name for f in dataclasses.fields(CellSpec) if f.name not in GRIDDED]
-EXECUTOR_FIELDS = {"jobs_per_gpu": 1, "cpu_workers": 1}
+EXECUTOR_FIELDS = {"backend": "local", "jobs_per_gpu": 1, "cpu_workers": 1, "checkpoint_every": 5}
+BACKENDS = ("local", "slurm")
 
 
 @dataclass
@@ -129,10 +130,19 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(cell, dict) or set(cell) - set(CELL_FIELDS):
         raise ConfigError(f"{path}: 'cell' accepts {', '.join(CELL_FIELDS)}; got {sorted(cell)}")
     executor = {**EXECUTOR_FIELDS, **(raw.get("executor") or {})}
-    if set(executor) - set(EXECUTOR_FIELDS):
-        raise ConfigError(f"{path}: 'executor' accepts {', '.join(EXECUTOR_FIELDS)}")
-    for key, value in executor.items():
-        if not isinstance(value, int) or value < 1:
+    if executor["backend"] not in BACKENDS:
+        raise ConfigError(f"{path}: executor.backend must be one of {', '.join(BACKENDS)}, "
+                          f"got {executor['backend']!r}")
+    if executor["backend"] == "slurm":
+        from sweeps.slurm import check_settings
+
+        executor = {**executor, **check_settings(executor, str(path))}
+    elif set(executor) - set(EXECUTOR_FIELDS):
+        raise ConfigError(f"{path}: 'executor' accepts {', '.join(EXECUTOR_FIELDS)} (and the SLURM settings "
+                          f"with backend: slurm; see sweeps/slurm.py)")
+    for key in ("jobs_per_gpu", "cpu_workers", "checkpoint_every"):
+        value = executor[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{path}: executor.{key} must be a positive integer, got {value!r}")
     for key, registry in (("attack_params", ATTACKS), ("defense_params", DEFENSES),
                           ("reactivation_params", REACTIVATIONS)):

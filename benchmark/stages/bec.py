@@ -18,7 +18,8 @@ def label(model_label: str) -> str:
 
 def bec_job(ctx: CellContext, attack: StageJob, clean: StageJob, other: StageJob, model_label: str) -> StageJob:
     s = ctx.spec
-    layers = ctx.new_model(attack.config["model"]).bec_layers
+    model_spec = attack.config["model"]
+    layers = ctx.planned(("bec layers", model_spec), lambda: ctx.plan_model(model_spec).bec_layers)
     config = {"samples": s.bec_samples, "rank_samples": s.bec_rank_samples, "channel_ratio": s.bec_ratio,
               "seed": s.seed, "layers": layers, "code": code_fingerprint(bec_module)}
     return StageJob("bec", label(model_label), config, {"attack": attack, "clean": clean, "model": other},

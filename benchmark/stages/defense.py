@@ -21,7 +21,9 @@ def defense_module(ctx: CellContext, name: str, model):
 def defense_job(ctx: CellContext, name: str, attack: StageJob) -> StageJob:
     model_spec = attack.config["model"]
     # Building the module on a throw-away model checks its parameters now.
-    config = {"defense": name, "params": defense_module(ctx, name, ctx.new_model(model_spec)).config(),
+    params = ctx.planned(("defense", name, model_spec),
+                         lambda: defense_module(ctx, name, ctx.plan_model(model_spec)).config())
+    config = {"defense": name, "params": params,
               "clean_ratio": ctx.spec.clean_ratio, "seed": ctx.spec.seed, "model": model_spec,
               "code": code_fingerprint(DEFENSES.get(name), DEFENSES.origin(name), training_module)}
     label = name if model_spec["arch"] == ctx.spec.arch else f"{name} ({model_spec['arch']})"

@@ -79,9 +79,10 @@ def reactivation_job(ctx: CellContext, method: str, attack: StageJob, victim: St
         if not surrogates:
             return None
         deps.update({f"surrogate:{j.label}": j for j in surrogates})
-    probe = reactivation_module(ctx, method, attack_target(cls, ctx.new_model(victim.config["model"]), params,
-                                                           surrogates=None), params)
-    config = {"method": method, "params": probe.config(), "inputs": "trigger" if use_trigger else "clean",
+    model_spec = victim.config["model"]
+    method_config = ctx.planned(("reactivation", method, model_spec), lambda: reactivation_module(
+        ctx, method, attack_target(cls, ctx.plan_model(model_spec), params, surrogates=None), params).config())
+    config = {"method": method, "params": method_config, "inputs": "trigger" if use_trigger else "clean",
               **({"surrogates": runner_params} if runner_params else {}),
               "code": code_fingerprint(cls, REACTIVATIONS.origin(method), oracle_module, training_module)}
     return StageJob(kind(use_trigger), label(method, model_label), config, deps,
