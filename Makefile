@@ -14,7 +14,7 @@ STORE ?= store
 
 GRID ?= sweeps/demo.yaml
 
-.PHONY: help install test test-slow test-slurm test-attacks demo cell sweep sweep-cifar10 score report wandb-sync fashion-mnist clean-store
+.PHONY: help install test test-slow test-science test-slurm test-attacks demo cell sweep sweep-cifar10 score report wandb-sync fashion-mnist clean-store
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -31,8 +31,11 @@ $(STAMP): pyproject.toml
 test: install ## fast test suite (CPU, synthetic data, a few minutes)
 	$(PY) -m pytest -q
 
-test-slow: install fashion-mnist ## science tests on real Fashion-MNIST (slow)
-	$(PY) -m pytest -q -m "slow and not attack_science" --override-ini="addopts="
+test-slow: install fashion-mnist ## science tests on real Fashion-MNIST that CI runs (~30 min)
+	$(PY) -m pytest -q -m "slow and not attack_science and not full_science" --override-ini="addopts="
+
+test-science: install fashion-mnist ## every claim on the demo's cells: all defenses that worked, TBRA, controls (~65 min)
+	$(PY) -m pytest -q -s -m "full_science or (slow and not attack_science)" --override-ini="addopts=" tests/test_science_fashion_mnist.py
 
 # The local cluster needs root (packages, daemons); sudo is used when not root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -2,11 +2,12 @@
 of `sweeps/demo.yaml`: small CNN trained 4 epochs, BadNets and Blended, every
 defense the demo runs at its scaled BackdoorBench budget), with white-box
 re-activation at its paper default (50 passes x 5 steps on 1,000 poisoned
-training samples, L-inf 0.05; the demo runs 4 passes) against every defense
-that worked and against the clean model, plus TBRA and the noise / feature
-controls against one defense that worked. Slow: about 40 minutes on two CPU
-cores from nothing; set SCIENCE_STORE=store after `make demo` to reuse its
-models.
+training samples, L-inf 0.05; the demo runs 4 passes) against the clean
+model and the first defense that worked (`make test-slow`, in CI: about 30
+minutes on two CPU cores from nothing), and, marked `full_science`
+(`make test-science`, about 35 minutes more), against every defense that
+worked, plus TBRA and the noise / feature controls against one defense that
+worked. Set SCIENCE_STORE=store after `make demo` to reuse its models.
 
 Claims and margins, fixed before measuring:
 1. The attack works: ASR >= 0.9 with C-Acc within 3 points of the clean model.
@@ -60,14 +61,14 @@ def _worked(by_model: dict) -> list[str]:
     return [m for m, r in by_model.items() if m not in REFERENCES and r["asr"] < WORKED]
 
 
-@pytest.fixture(scope="module")
-def rows(cells):
+def _paper_budget_rows(cells, every_defense: bool) -> dict:
     """Per attack, the demo's rows, with WBA and gUAA at the paper's default
-    budget against the clean model and every defense that worked."""
+    budget against the clean model and the first defense that worked (every
+    defense that worked with `every_defense`)."""
     result = {}
     for attack, cell in cells.items():
         demo_rows = {r["model"]: r for r in cell.rows()}
-        worked = _worked(demo_rows)
+        worked = _worked(demo_rows) if every_defense else _worked(demo_rows)[:1]
         spec = replace(cell.spec, defenses=tuple(worked) or cell.spec.defenses[:1], reactivation_params={})
         full = Cell(spec, cell.store, data_dir=cell.dm.data_dir, accelerator="cpu", progress=False,
                     datamodule=cell.dm)
@@ -87,6 +88,19 @@ def rows(cells):
                   f"{r['similarity']:.4f} {r.get('react_asr:wba')} {r.get('guaa_asr:wba')} "
                   f"{r.get('react_asr:wba@paper')} {r.get('guaa_asr:wba@paper')} {r.get('seconds')}")
     return result
+
+
+@pytest.fixture(scope="module")
+def rows(cells):
+    """The paper-budget runs CI can afford: against f_C and the first defense
+    that worked, per attack (about 12 minutes on two cores)."""
+    return _paper_budget_rows(cells, every_defense=False)
+
+
+@pytest.fixture(scope="module")
+def rows_every_defense(cells):
+    """Against every defense that worked (`make test-science`; about 25 minutes)."""
+    return _paper_budget_rows(cells, every_defense=True)
 
 
 @pytest.fixture(scope="module")
@@ -126,15 +140,26 @@ NOT_REPRODUCED = pytest.mark.xfail(raises=AssertionError, strict=False, reason=(
     "below 0.2 (NC, FST) also drove BEC below 0, and WBA stayed within 0.3 of gUAA"))
 
 
-@NOT_REPRODUCED
-@pytest.mark.parametrize("attack", ["badnets", "blended"])
-def test_reactivation_beats_guaa_wherever_a_defense_worked(rows, attack):
-    worked = {m: rows[attack][m] for m in _worked(rows[attack])}
+def _check_gaps(rows, attack, models):
+    worked = {m: rows[attack][m] for m in models}
     gaps = {m: r["react_asr:wba@paper"] - r["guaa_asr:wba@paper"] for m, r in worked.items()}
     print(f"{attack}: defenses with ASR < {WORKED}: {sorted(worked)}; WBA - gUAA: {gaps}")
     for model, gap in gaps.items():
         assert gap >= 0.3, f"{attack}/{model}: WBA {worked[model]['react_asr:wba@paper']:.3f} vs gUAA " \
                            f"{worked[model]['guaa_asr:wba@paper']:.3f}"
+
+
+@NOT_REPRODUCED
+@pytest.mark.parametrize("attack", ["badnets", "blended"])
+def test_reactivation_beats_guaa_against_the_first_defense_that_worked(rows, attack):
+    _check_gaps(rows, attack, _worked(rows[attack])[:1])
+
+
+@pytest.mark.full_science
+@NOT_REPRODUCED
+@pytest.mark.parametrize("attack", ["badnets", "blended"])
+def test_reactivation_beats_guaa_wherever_a_defense_worked(rows_every_defense, attack):
+    _check_gaps(rows_every_defense, attack, _worked(rows_every_defense[attack]))
 
 
 @pytest.mark.parametrize("attack", [
@@ -156,12 +181,14 @@ CLAIM_4_NOT_REPRODUCED = pytest.mark.xfail(raises=AssertionError, strict=False, 
     "TBRA wakes up, so the noise and feature controls have no re-activation to measure"))
 
 
+@pytest.mark.full_science
 @CLAIM_4_NOT_REPRODUCED
 def test_transfer_reactivation_beats_guaa_at_the_same_budget(transfer):
     victim, r = transfer
     assert r["react_asr:tbra"] - r["guaa_asr:tbra"] >= 0.2, victim
 
 
+@pytest.mark.full_science
 @CLAIM_4_NOT_REPRODUCED
 def test_reactivation_survives_noise_that_breaks_guaa(transfer):
     victim, r = transfer
