@@ -42,18 +42,23 @@ __all__ = ["Cell", "CellSpec", "StageJob", "CLEAN_ROW", "BACKDOORED_ROW", "DEFEN
 class Cell:
     def __init__(self, spec: CellSpec, store: ArtifactStore, data_dir: str | Path = "data",
                  accelerator: str = "auto", progress: bool = True, console: Console | None = None,
-                 trainers: TrainerFactory | None = None, datamodule=None, checkpoint_every: int = 5):
+                 trainers: TrainerFactory | None = None, datamodule=None, checkpoint_every: int = 5,
+                 compile: bool = False):
         spec.validate()
         #: epochs between checkpoints of a job's fits (benchmark/checkpoints.py)
         self.checkpoint_every = checkpoint_every
         self.spec = spec
         self.store = store
         self.console = console or Console(stderr=True, quiet=not progress)
-        self.trainers = trainers or TrainerFactory(accelerator, progress)
+        self.trainers = trainers or TrainerFactory(accelerator, progress, compile=compile)
         # A grid passes one loaded data module to all cells of a dataset.
         self.dm = datamodule or build_datamodule(spec.dataset, data_dir=data_dir, batch_size=spec.batch_size,
                                                  **spec.data_params)
         self.dm.setup()
+        self.dm.device = self.trainers.device  # batches are served where the model trains
+        if self.trainers.device.type == "cuda":
+            # evaluation and queries: as large as a GPU takes without strain
+            self.dm.eval_batch_size = max(self.dm.eval_batch_size, 4096)
         self.dm.check_target(spec.target_label)
         self.ctx = CellContext(spec, store, self.dm, self.trainers, self.console)
         self.poison_idx, self.clean_idx = self.ctx.poison_idx, self.ctx.clean_idx

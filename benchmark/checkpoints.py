@@ -124,7 +124,9 @@ class EpochCheckpoint(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         done = trainer.current_epoch + 1
         if done % self.every == 0 or done >= trainer.max_epochs:
-            trainer.save_checkpoint(self.path)
+            # the full state (optimiser, loops, this callback's random state):
+            # "weights only" here would be Lightning's notion, not a safety one
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def state_dict(self) -> dict:
         state = {"torch": torch.get_rng_state()}

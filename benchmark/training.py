@@ -22,11 +22,19 @@ warnings.filterwarnings("ignore", ".*Total length of .* across ranks is zero.*")
 # Re-activation keeps the attacked model in eval mode on purpose.
 warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
 warnings.filterwarnings("ignore", ".*LeafSpec.*is deprecated.*")
+# On a machine with SLURM installed Lightning suggests srun for every fit; the
+# suite runs one process per job by design (sweeps/slurm.py submits them).
+warnings.filterwarnings("ignore", ".*The `srun` command is available on your system but is not used.*")
 
 
 class TrainerFactory:
-    def __init__(self, accelerator: str = "auto", progress: bool = True, precision: str | None = None):
+    def __init__(self, accelerator: str = "auto", progress: bool = True, precision: str | None = None,
+                 compile: bool = False):
         self.accelerator = accelerator
+        #: torch.compile the model for the long fits (f_C and f_A training):
+        #: they run thousands of steps, enough to repay the compilation; the
+        #: short ones (defenses on a 5 % subset, re-activation) would not
+        self.compile = compile
         self.progress = progress
         #: a Lightning logger for training runs (the sweep worker sets a W&B one)
         self.logger = None

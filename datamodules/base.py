@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmark.errors import ConfigError
+from datamodules.device_loader import DeviceLoader
 from datamodules.tensor_dataset import IndexedImages, keep_batch, to_unit_float
 
 
@@ -49,6 +50,8 @@ class BackdoorDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.download = download
         self.train_images: torch.Tensor | None = None
+        #: where `loader()` serves batches (the cell sets its training device)
+        self.device = torch.device("cpu")
 
     # ---- what a dataset implements -------------------------------------------
     def load(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -165,12 +168,18 @@ class BackdoorDataModule(L.LightningDataModule):
 
     # ---- loaders ----------------------------------------------------------------
     def loader(self, dataset: IndexedImages, shuffle: bool = False, batch_size: int | None = None,
-               drop_last: bool = False, seed: int = 0) -> DataLoader:
+               drop_last: bool = False, seed: int = 0) -> DeviceLoader | DataLoader:
+        """Batches of `dataset` on `self.device` (set by the cell to its
+        training device): the tensors go to the device once and every batch is
+        a gather there (datamodules/device_loader.py). With `num_workers` > 0,
+        a DataLoader with worker processes instead (same batches)."""
         generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(dataset, batch_size=batch_size or (self.batch_size if shuffle else self.eval_batch_size),
-                          shuffle=shuffle, drop_last=drop_last, generator=generator,
-                          num_workers=self.num_workers, collate_fn=keep_batch,
-                          persistent_workers=self.num_workers > 0)
+        batch_size = batch_size or (self.batch_size if shuffle else self.eval_batch_size)
+        if self.num_workers == 0:
+            return DeviceLoader(dataset, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
+                                device=self.device)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator,
+                          num_workers=self.num_workers, collate_fn=keep_batch, persistent_workers=True)
 
     # ---- augmentation -------------------------------------------------------------
     def augment(self, images: torch.Tensor) -> torch.Tensor:

@@ -59,10 +59,34 @@ class BackdoorStage(L.LightningModule):
         if self.augment is not None:
             x = self.augment(x)
         loss = self.training_loss(x, y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{type(self).__name__}: loss became {loss.item()} at step {self.global_step}")
+        self.check_finite(loss)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
+
+    #: on a GPU, training steps between two reads of the non-finite flag
+    FINITE_CHECK_STEPS = 256
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Fail on a diverged loss. On a CPU at once; on a GPU the test is
+        folded into a device flag read every FINITE_CHECK_STEPS steps and at
+        the end of each epoch (`on_train_batch_end`): reading it every step
+        would make the host wait for the GPU at every step."""
+        if not loss.is_cuda:
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{type(self).__name__}: loss became {loss.item()} at step "
+                                         f"{self.global_step}")
+            return
+        finite = torch.isfinite(loss.detach())
+        held = getattr(self, "_all_finite", None)
+        self._all_finite = finite if held is None else held & finite
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        held = getattr(self, "_all_finite", None)
+        if held is not None and ((batch_idx + 1) % self.FINITE_CHECK_STEPS == 0 or self.trainer.is_last_batch):
+            self._all_finite = None
+            if not bool(held):
+                raise FloatingPointError(f"{type(self).__name__}: loss became non-finite within the "
+                                         f"{self.FINITE_CHECK_STEPS} steps before step {self.global_step}")
 
     def trainable_parameters(self):
         return self.model.parameters()

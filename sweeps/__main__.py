@@ -95,13 +95,14 @@ def _dispatch(args, console: Console) -> int:
         from sweeps.slurm import SlurmExecutor
 
         console.print(f"grid {grid.name}: {len(graph.cells)} cells, {len(graph)} jobs, on SLURM")
-        outcome = SlurmExecutor(graph, grid.executor, console,
-                                checkpoint_every=grid.executor["checkpoint_every"]).run()
+        outcome = SlurmExecutor(graph, grid.executor, console, checkpoint_every=grid.executor["checkpoint_every"],
+                                compile=grid.executor["compile"]).run()
     else:
         slots = gpu_slots(grid.executor["jobs_per_gpu"], grid.executor["cpu_workers"])
         console.print(f"grid {grid.name}: {len(graph.cells)} cells, {len(graph)} jobs, {len(slots)} worker "
                       f"slot(s) on {'GPU ' + ','.join(sorted(set(slots))) if slots[0] else 'CPU'}")
-        outcome = LocalExecutor(graph, slots, console, checkpoint_every=grid.executor["checkpoint_every"]).run()
+        outcome = LocalExecutor(graph, slots, console, checkpoint_every=grid.executor["checkpoint_every"],
+                                compile=grid.executor["compile"]).run()
     if outcome.interrupted:
         return 130
     if outcome.detached:

@@ -99,9 +99,9 @@ class Outcome:
 
 class LocalExecutor:
     def __init__(self, graph: JobGraph, slots: list[str | None], console: Console | None = None,
-                 poll_seconds: float = 0.3, checkpoint_every: int = 5):
+                 poll_seconds: float = 0.3, checkpoint_every: int = 5, compile: bool = False):
         self.graph = graph
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every, self.compile = checkpoint_every, compile
         self.slots = slots
         self.console = console or Console(stderr=True)
         self.poll = poll_seconds
@@ -138,7 +138,7 @@ class LocalExecutor:
             env["CUDA_VISIBLE_DEVICES"] = device
         command = [sys.executable, "-m", "sweeps.worker", "--serve", "--store", str(self.graph.store.root),
                    "--data-dir", str(grid.data_dir), "--output", str(self.output), "--project", grid.wandb_project,
-                   "--checkpoint-every", str(self.checkpoint_every)]
+                   "--checkpoint-every", str(self.checkpoint_every)] + (["--compile"] if self.compile else [])
         self.log_dir.mkdir(parents=True, exist_ok=True)
         worker = Worker(command, env, self.log_dir / f"worker-{slot}.log", slot, self.events)
         self.workers[slot] = worker

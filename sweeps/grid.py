@@ -37,7 +37,7 @@ from lightning_modules.reactivation import REACTIVATIONS
 GRIDDED = ("dataset", "arch", "attack", "seed", "defenses", "reactivations", "defense_params",
            "reactivation_params", "trigger_params")
 CELL_FIELDS = [f.name for f in dataclasses.fields(CellSpec) if f.name not in GRIDDED]
-EXECUTOR_FIELDS = {"backend": "local", "jobs_per_gpu": 1, "cpu_workers": 1, "checkpoint_every": 5}
+EXECUTOR_FIELDS = {"backend": "local", "jobs_per_gpu": 1, "cpu_workers": 1, "checkpoint_every": 5, "compile": False}
 BACKENDS = ("local", "slurm")
 
 
@@ -140,6 +140,8 @@ def load_grid(path: str | Path) -> Grid:
     elif set(executor) - set(EXECUTOR_FIELDS):
         raise ConfigError(f"{path}: 'executor' accepts {', '.join(EXECUTOR_FIELDS)} (and the SLURM settings "
                           f"with backend: slurm; see sweeps/slurm.py)")
+    if not isinstance(executor["compile"], bool):
+        raise ConfigError(f"{path}: executor.compile must be true or false, got {executor['compile']!r}")
     for key in ("jobs_per_gpu", "cpu_workers", "checkpoint_every"):
         value = executor[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -59,7 +59,7 @@ ACTIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED",
 
 def check_settings(settings: dict, where: str) -> dict:
     """The grid's SLURM settings with defaults, each value checked."""
-    unknown = sorted(set(settings) - set(SLURM_FIELDS) - {"jobs_per_gpu", "cpu_workers", "checkpoint_every"})
+    unknown = sorted(set(settings) - set(SLURM_FIELDS) - {"jobs_per_gpu", "cpu_workers", "checkpoint_every", "compile"})
     if unknown:
         raise ConfigError(f"{where}: unknown executor key(s) {unknown} for backend slurm; allowed: "
                           f"{', '.join(sorted(SLURM_FIELDS))}")
@@ -96,7 +96,7 @@ def _checkpointable():
         requeues this same call, and the stage resumes from its checkpoint."""
 
         def __call__(self, store: str, data_dir: str, output: str, project: str, spec_text: str, job_id: str,
-                     checkpoint_every: int) -> str:
+                     checkpoint_every: int, compile: bool = False) -> str:
             import torch
 
             from sweeps.worker import JobRunner
@@ -104,7 +104,7 @@ def _checkpointable():
             cpus = os.environ.get("SLURM_CPUS_PER_TASK")
             if cpus:
                 torch.set_num_threads(int(cpus))
-            runner = JobRunner(store, data_dir, output, project, checkpoint_every=checkpoint_every)
+            runner = JobRunner(store, data_dir, output, project, checkpoint_every=checkpoint_every, compile=compile)
             runner.run(spec_text, job_id)
             return job_id
 
@@ -113,10 +113,10 @@ def _checkpointable():
 
 class SlurmExecutor:
     def __init__(self, graph: JobGraph, settings: dict, console: Console | None = None,
-                 poll_seconds: float = 5.0, checkpoint_every: int = 5):
+                 poll_seconds: float = 5.0, checkpoint_every: int = 5, compile: bool = False):
         self.graph, self.console = graph, console or Console(stderr=True)
         self.settings = check_settings(settings, str(graph.grid.path))
-        self.poll, self.checkpoint_every = poll_seconds, checkpoint_every
+        self.poll, self.checkpoint_every, self.compile = poll_seconds, checkpoint_every, compile
         self.output = Path(graph.grid.output).resolve()
         self.state_file = self.output / "slurm" / "jobs.json"
 
@@ -190,7 +190,8 @@ class SlurmExecutor:
             after = [followed[d]["slurm"] for d in node.deps if d in followed]
             job = self._executor(folder, node.job.kind, after).submit(
                 _checkpointable(), str(graph.store.root.resolve()), str(Path(graph.grid.data_dir).resolve()),
-                str(self.output), graph.grid.wandb_project, graph.spec_json(job_id), job_id, self.checkpoint_every)
+                str(self.output), graph.grid.wandb_project, graph.spec_json(job_id), job_id, self.checkpoint_every,
+                self.compile)
             followed[job_id] = state[job_id] = {"slurm": job.job_id, "log": str(job.paths.stderr)}
             self._save_state(state)
         self.console.print(f"SLURM: {len(pending) - earlier_ones} jobs submitted (logs under {folder}), "

@@ -28,11 +28,12 @@ import torch
 class JobRunner:
     """Runs jobs, caching data modules and cells across them."""
 
-    def __init__(self, store: str, data_dir: str, output: str, project: str, checkpoint_every: int = 5):
+    def __init__(self, store: str, data_dir: str, output: str, project: str, checkpoint_every: int = 5,
+                 compile: bool = False):
         from benchmark.store import ArtifactStore
 
         self.store = ArtifactStore(store)
-        self.checkpoint_every = checkpoint_every
+        self.checkpoint_every, self.compile = checkpoint_every, compile
         self.data_dir, self.output, self.project = data_dir, Path(output), project
         self._modules: dict[str, object] = {}
         self._cells: dict[str, object] = {}
@@ -48,7 +49,8 @@ class JobRunner:
                 self._modules[key] = build_datamodule(spec.dataset, data_dir=self.data_dir,
                                                       batch_size=spec.batch_size, **spec.data_params)
             self._cells[spec_text] = Cell(spec, self.store, data_dir=self.data_dir, progress=False,
-                                          datamodule=self._modules[key], checkpoint_every=self.checkpoint_every)
+                                          datamodule=self._modules[key], checkpoint_every=self.checkpoint_every,
+                                          compile=self.compile)
         return self._cells[spec_text]
 
     def run(self, spec_text: str, job_id: str) -> None:
@@ -116,6 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, help="grid output directory (W&B runs go below it)")
     parser.add_argument("--project", default="backdoor-reactivation")
     parser.add_argument("--checkpoint-every", type=int, default=5, help="epochs between a fit's checkpoints")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model of f_C/f_A training")
     args = parser.parse_args(argv)
     if not args.serve and not (args.spec and args.job):
         parser.error("give --serve, or --spec and --job")
@@ -123,7 +126,7 @@ def main(argv=None) -> int:
     threads = os.environ.get("BDBENCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    runner = JobRunner(args.store, args.data_dir, args.output, args.project, args.checkpoint_every)
+    runner = JobRunner(args.store, args.data_dir, args.output, args.project, args.checkpoint_every, args.compile)
     if args.serve:
         return serve(runner)
     try:

@@ -64,6 +64,9 @@ def train(ctx: CellContext, model_spec: dict, trigger) -> tuple[dict, dict]:
     poison_idx = ctx.poison_idx if trigger is not None else torch.empty(0, dtype=torch.long)
     module = preset.module_class()(ctx.new_model(model_spec), dm.num_classes, trigger, poison_idx, dm.num_train,
                                    s.target_label, lr=s.lr, augment=dm.augment)
+    if ctx.trainers.compile:
+        # in place: the state dict keeps its names (export, checkpoints)
+        module.model.compile()
     order_seed = s.seed
     if trigger is None and s.clean_data_order == "own":
         order_seed += CLEAN_ORDER_OFFSET

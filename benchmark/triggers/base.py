@@ -40,6 +40,10 @@ class Trigger:
     #: the preparation trains a model of the cell's architecture (LC's robust
     #: model), so the architecture is part of the trigger stage's key
     uses_architecture: ClassVar[bool] = False
+    #: poisoning row i depends on image i only (not on its index, not on the
+    #: batch), so a batch can be triggered whole and the poisoned rows kept:
+    #: the sync-free GPU path of `AttackModule.prepare_batch`
+    rowwise: ClassVar[bool] = False
 
     def __init__(self, image_shape: tuple[int, int, int]):
         self.image_shape = tuple(int(v) for v in image_shape)
@@ -77,6 +81,7 @@ class PatternTrigger(Trigger):
     """A pattern blended in through a mask: x' = (1 - m) x + m p. Patch
     triggers (BadNets) use a binary mask, blending triggers a constant alpha.
     One broadcast op on a whole batch."""
+    rowwise = True
 
     def __init__(self, pattern: torch.Tensor, mask: torch.Tensor):
         super().__init__(tuple(pattern.shape))
@@ -85,18 +90,32 @@ class PatternTrigger(Trigger):
         self.mask = mask.float()
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
-        pattern = self.pattern.to(images.device, images.dtype)
-        mask = self.mask.to(images.device, images.dtype)
+        pattern, mask = on_device(self, "pattern", images), on_device(self, "mask", images)
         return images * (1 - mask) + pattern * mask
+
+
+def on_device(trigger: Trigger, name: str, images: torch.Tensor) -> torch.Tensor:
+    """`trigger.<name>` on the images' device and dtype, copied there once
+    (not once per training step: a host-to-device copy per step stalls a GPU).
+    The copy is refreshed when the attribute is replaced (LF and TrojanNN set
+    their pattern after preparation or loading)."""
+    source = getattr(trigger, name)
+    cache = trigger.__dict__.setdefault("_device_copies", {})
+    key = (name, images.device, images.dtype)
+    held = cache.get(key)
+    if held is None or held[0] is not source:
+        held = cache[key] = (source, source.to(images.device, images.dtype))
+    return held[1]
 
 
 class AdditiveTrigger(Trigger):
     """x' = clip(x + v, 0, 1) for a fixed (C, H, W) pattern v (SIG's sinusoid,
     LF's low-frequency perturbation, TrojanNN's masked patch)."""
+    rowwise = True
 
     def __init__(self, image_shape: tuple[int, int, int], pattern: torch.Tensor | None = None):
         super().__init__(image_shape)
         self.pattern = torch.zeros(self.image_shape) if pattern is None else pattern.float()
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
-        return (images + self.pattern.to(images.device, images.dtype)).clamp(0, 1)
+        return (images + on_device(self, "pattern", images)).clamp(0, 1)

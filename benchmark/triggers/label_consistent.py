@@ -119,6 +119,8 @@ class LabelConsistentTrigger(AdditiveTrigger):
     #: the robust model is built from the cell's architecture, so the
     #: prepared state depends on it
     uses_architecture: ClassVar[bool] = True
+    #: poisoning swaps in each sample's own adversarial image, found by index
+    rowwise: ClassVar[bool] = False
 
     def __init__(self, image_shape: tuple[int, int, int], amplitude: ClosedUnitInterval = 1.0,
                  corner_layout: Literal["pixels", "resized_from_32"] = "pixels",

@@ -44,6 +44,7 @@ from benchmark.triggers.base import Trigger
 @TRIGGERS.register("wanet")
 class WaNetTrigger(Trigger):
     preparation = "none"
+    rowwise = True  # one fixed warp, sampled per row
 
     def __init__(self, image_shape: tuple[int, int, int], k: PositiveInt = 4, s: PositiveFloat = 0.5,
                  grid_rescale: PositiveFloat = 1.0, seed: int = 0, grid_seed: int | None = None):

@@ -46,9 +46,25 @@ class AttackModule(BackdoorStage):
             raise ValueError("poison indices given but no trigger")
         self.register_buffer("poison_mask", mask, persistent=False)
 
+    #: poison by computing the trigger on every row and keeping it where a row
+    #: is poisoned (torch.where): no host synchronisation, the GPU path. None
+    #: means on CUDA for triggers that allow it (`Trigger.rowwise`); the masked
+    #: path (`x[poisoned]`) needs the count of poisoned rows on the host first,
+    #: which on a CPU is free and saves computing the trigger on clean rows.
+    whole_batch_poisoning: bool | None = None
+
     def prepare_batch(self, x, y, idx):
         poisoned = self.poison_mask[idx]
-        if self.trigger is None or not poisoned.any():
+        if self.trigger is None:
+            return x, y
+        whole = self.whole_batch_poisoning
+        if whole is None:
+            whole = x.is_cuda and self.trigger.rowwise
+        if whole:
+            x = torch.where(poisoned[:, None, None, None], self.trigger.poison(x, idx).to(x.dtype), x)
+            y = torch.where(poisoned, torch.full_like(y, self.hparams.target_label), y)
+            return x, y
+        if not poisoned.any():
             return x, y
         x, y = x.clone(), y.clone()
         x[poisoned] = self.trigger.poison(x[poisoned], idx[poisoned]).to(x.dtype)
