@@ -2,8 +2,8 @@
 # Stop the cluster local-cluster-up.sh started: cancel every job, then stop
 # slurmd, slurmctld and munged by their PID files.
 #   sudo bash slurm/local-cluster-down.sh           stop
-#   sudo bash slurm/local-cluster-down.sh --purge   also remove the generated config, the sacct
-#                                                   stand-in, SLURM's state and logs (packages stay)
+#   sudo bash slurm/local-cluster-down.sh --purge   also remove the generated config, SLURM's
+#                                                   state and logs (packages stay)
 set -uo pipefail
 [ "$(id -u)" = 0 ] || { echo "local-cluster-down.sh: run it as root" >&2; exit 1; }
 say() { echo "[local-cluster-down] $*"; }
@@ -29,7 +29,6 @@ stop /run/munge/munged.pid munged
 if [ "${1:-}" = "--purge" ]; then
   grep -qs '^# written by local-cluster-up.sh' /etc/slurm/slurm.conf && rm -f /etc/slurm/slurm.conf
   grep -qs '^# written by local-cluster-up.sh' /etc/slurm/gres.conf && rm -f /etc/slurm/gres.conf
-  grep -qs 'local-cluster-up.sh' /usr/local/bin/sacct && rm -f /usr/local/bin/sacct
   rm -rf /run/slurm-fake-gpus /var/lib/slurm/slurmctld/* /var/lib/slurm/slurmd/* /var/log/slurm/*
   say "purged"
 fi

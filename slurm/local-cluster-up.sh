@@ -10,7 +10,6 @@
 #   FAKE_GPUS=2 sudo -E bash slurm/local-cluster-up.sh    # advertise 2 GPUs (device files only)
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "local-cluster-up.sh: run it as root (it installs packages and starts daemons)" >&2; exit 1; }
-HERE=$(cd "$(dirname "$0")" && pwd)
 CONF=/etc/slurm/slurm.conf
 JOBCOMP=/var/log/slurm/jobcomp.log
 FAKE_GPUS=${FAKE_GPUS:-0}
@@ -84,7 +83,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-# no slurmdbd: finished jobs go to a text file that the sacct stand-in reads
+# no slurmdbd: finished jobs are recorded in a text file
 JobCompType=jobcomp/filetxt
 JobCompLoc=${JOBCOMP}
 ReturnToService=2
@@ -111,14 +110,11 @@ if ! cmp -s "$WANTED" "$CONF"; then
 fi
 rm -f "$WANTED"
 
-# 4. sacct stand-in (submitit notices dead jobs through sacct; see the file)
-install -m 0755 "$HERE/sacct-from-jobcomp" /usr/local/bin/sacct
-
-# 5. the daemons (slurmctld drops to SlurmUser itself)
+# 4. the daemons (slurmctld drops to SlurmUser itself)
 running /run/slurmctld.pid slurmctld || { say "starting slurmctld"; /usr/sbin/slurmctld; }
 running /run/slurmd.pid slurmd || { say "starting slurmd"; /usr/sbin/slurmd; }
 
-# 6. wait for the node; one drained by an earlier run stays drained until resumed
+# 5. wait for the node; one drained by an earlier run stays drained until resumed
 for i in $(seq 60); do
   case "$(sinfo -h -n "$HOST" -o %T 2>/dev/null || true)" in
     idle|mixed|allocated|completing) break ;;
