@@ -14,7 +14,7 @@ STORE ?= store
 
 GRID ?= sweeps/demo.yaml
 
-.PHONY: help install test test-slow test-science test-slurm test-attacks demo cell sweep sweep-cifar10 score report wandb-sync fashion-mnist clean-store
+.PHONY: help install test test-slow test-science test-slurm test-attacks bench demo cell sweep sweep-cifar10 score report wandb-sync fashion-mnist clean-store
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,8 +34,8 @@ test: install ## fast test suite (CPU, synthetic data, a few minutes)
 test-slow: install fashion-mnist ## science tests on real Fashion-MNIST that CI runs (~30 min)
 	$(PY) -m pytest -q -m "slow and not attack_science and not full_science" --override-ini="addopts="
 
-test-science: install fashion-mnist ## every claim on the demo's cells: all defenses that worked, TBRA, controls (~65 min)
-	$(PY) -m pytest -q -s -m "full_science or (slow and not attack_science)" --override-ini="addopts=" tests/test_science_fashion_mnist.py
+test-science: install fashion-mnist ## every claim on the demo's cells (all defenses that worked, TBRA, controls) and SSBA's invisibility (~60 min)
+	$(PY) -m pytest -q -s -m "full_science or (slow and not attack_science)" --override-ini="addopts="
 
 # The local cluster needs root (packages, daemons); sudo is used when not root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -43,6 +43,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-slurm: install ## the tiny grid through a real one-node SLURM cluster started here (Debian; root or sudo)
 	$(SUDO) bash slurm/local-cluster-up.sh
 	$(PY) -m pytest -q -m slurm --override-ini="addopts=" tests/test_slurm.py
+
+bench: install ## images/s of the suite's stages beside plain PyTorch loops; the paper grid's time on this machine
+	$(PY) -m benchmark.bench $(BENCH_ARGS)
 
 test-attacks: install fashion-mnist ## science of every attack beyond BadNets/Blended on Fashion-MNIST (~30 min)
 	$(PY) -m pytest -q -s -m attack_science --override-ini="addopts="

@@ -60,8 +60,24 @@ class BackdoorStage(L.LightningModule):
             x = self.augment(x)
         loss = self.training_loss(x, y)
         self.check_finite(loss)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        self.log_training_loss(loss)
         return loss
+
+    def log_training_loss(self, loss: torch.Tensor) -> None:
+        """`train/loss` at the steps the logger writes (every
+        `log_every_n_steps`) and `train/loss_epoch`, the epoch's mean, at its
+        last batch. Calling `self.log` every step cost about 2 ms of
+        Lightning bookkeeping per step (7 % of a small-CNN CPU step,
+        `make bench`); the running sum stays on the device."""
+        trainer = self.trainer
+        held = getattr(self, "_loss_sum", None)
+        self._loss_sum = loss.detach() if held is None else held + loss.detach()
+        self._loss_steps = getattr(self, "_loss_steps", 0) + 1
+        if trainer.global_step % trainer.log_every_n_steps == 0:
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if trainer.is_last_batch:
+            self.log("train/loss_epoch", self._loss_sum / self._loss_steps, on_step=False, on_epoch=True)
+            self._loss_sum, self._loss_steps = None, 0
 
     #: on a GPU, training steps between two reads of the non-finite flag
     FINITE_CHECK_STEPS = 256

@@ -40,6 +40,16 @@ def fast_spec(**overrides) -> CellSpec:
     return CellSpec(**base)
 
 
+@pytest.fixture(scope="module")
+def all_cores():
+    """Science tests run alone (CI, `make test-slow`): every core for torch,
+    not the one thread the fast suite uses."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def make_cell(tmp_path):
     def make(store=None, **overrides):

@@ -158,6 +158,7 @@ def test_bad_parameters_are_rejected():
 
 
 @pytest.mark.slow
+@pytest.mark.full_science
 def test_faithful_schedule_gives_an_invisible_readable_trigger():
     """The faithful loss schedule (image loss off until a batch's bit accuracy
     exceeds 0.9, then ramped to weight 10) at test size: 8-bit fingerprints,

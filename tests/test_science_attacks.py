@@ -25,7 +25,7 @@ from sweeps.grid import load_grid
 
 # Its own target (`make test-attacks`), outside `make test-slow`: the grid
 # costs about 30 minutes on two cores on top of the other science tests.
-pytestmark = [pytest.mark.slow, pytest.mark.attack_science]
+pytestmark = [pytest.mark.slow, pytest.mark.attack_science, pytest.mark.usefixtures("all_cores")]
 
 GRID = Path(__file__).resolve().parents[1] / "sweeps" / "attacks.yaml"
 DIRTY_LABEL = ("wanet", "input_aware", "lf", "trojannn", "ssba")

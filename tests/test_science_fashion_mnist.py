@@ -37,7 +37,7 @@ import pytest
 from benchmark.cell import Cell
 from sweeps.grid import load_grid
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("all_cores")]
 
 DEMO = Path(__file__).resolve().parents[1] / "sweeps" / "demo.yaml"
 WORKED = 0.2     # a defense "worked" when it brings ASR below this

@@ -5,6 +5,7 @@ SIGKILLed and every job scancel'ed, as a preemption of the whole cluster
 would) and run again; the results identical, tensor for tensor and metric
 for metric, to a local run, with the interrupted stage continued from its
 checkpoint rather than started over."""
+import json
 import os
 import shutil
 import signal
@@ -56,8 +57,6 @@ def _run(grid: Path, env, timeout=1200):
 def _results(store: Path) -> dict:
     out = {}
     for meta in store.glob("*/*/meta.json"):
-        import json
-
         record = json.loads(meta.read_text())
         tensors = meta.parent / "tensors.safetensors"
         out[f"{meta.parent.parent.name}/{meta.parent.name}"] = (
@@ -84,8 +83,11 @@ def test_tiny_grid_through_slurm_killed_and_resumed_matches_a_local_run(tmp_path
     assert interrupted, "no stage wrote a checkpoint within 10 minutes"
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    subprocess.run(["scancel", "--me"], check=True)
-    while subprocess.run(["squeue", "-h", "--me"], capture_output=True, text=True).stdout.strip():
+    # this grid's jobs only (a developer's cluster may run others)
+    ours = [entry["slurm"] for entry in json.loads((tmp_path / "slurm" / "out" / "slurm" / "jobs.json").read_text())
+            .values()]
+    subprocess.run(["scancel", *ours], check=True)
+    while subprocess.run(["squeue", "-h", "-j", ",".join(ours)], capture_output=True, text=True).stdout.strip():
         time.sleep(0.5)
     store = tmp_path / "slurm" / "store"
     assert any((checkpoints / name).is_dir() for name in interrupted)  # the kill left a stage half-done
