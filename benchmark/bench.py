@@ -59,7 +59,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.bench_loops import WORKLOADS, Bench, Side, make_sizes
+from benchmark.bench_loops import Bench, Side, make_sizes
+from benchmark.bench_workloads import WORKLOADS
 from benchmark.grid_estimate import ASSUMPTIONS, GRID_FILE, estimate_grid, planned_jobs
 from benchmark.stages.reactivation import SEARCH_PRECISION
 

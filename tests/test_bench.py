@@ -9,7 +9,7 @@ import pytest
 
 from benchmark.bench import main
 from benchmark.grid_estimate import GridData, PlannedJob, estimate_grid, job_work
-from benchmark.bench_loops import WORKLOADS
+from benchmark.bench_workloads import WORKLOADS
 
 
 @pytest.fixture(scope="module")
