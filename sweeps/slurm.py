@@ -144,14 +144,13 @@ class SlurmExecutor:
 
     def _order(self, pending: list[str]) -> list[str]:
         """Pending jobs with every job after the pending jobs it depends on."""
-        nodes, todo, out, placed = self.graph.nodes, set(pending), [], set()
+        nodes, todo, out = self.graph.nodes, set(pending), []
         while todo:
             ready = [j for j in pending if j in todo and not (nodes[j].deps & todo)]
             if not ready:
                 raise RuntimeError(f"the job graph has a cycle among {sorted(todo)[:5]}")
             for job_id in ready:
                 todo.discard(job_id)
-                placed.add(job_id)
                 out.append(job_id)
         return out
 
