@@ -88,6 +88,7 @@ def check_defense_contract(defense, params: dict | None = None, workdir: str | P
     from benchmark.cell import DEFENSE_RUNNER_ARGS, Cell, CellSpec
     from benchmark.store import ArtifactStore
     from benchmark.triggers.base import Trigger
+    from datamodules.device_loader import DeviceLoader
     from datamodules.tensor_dataset import IndexedImages
     from lightning_modules.defenses import DEFENSES
 
@@ -109,10 +110,19 @@ def check_defense_contract(defense, params: dict | None = None, workdir: str | P
             served.append((batch[0].clone(), batch[2].clone()))
             return batch
 
+        # the data module's loaders gather batches on the device themselves
+        iterate = DeviceLoader.__iter__
+
+        def spy_loader(self):
+            for batch in iterate(self):
+                served.append((batch[0].detach().cpu().clone(), batch[2].detach().cpu().clone()))
+                yield batch
+
         def forbidden(self, images):
             raise AssertionError(f"defense {name!r} called the trigger: a defense never knows it")
 
-        with mock.patch.object(IndexedImages, "__getitems__", spy), mock.patch.object(Trigger, "__call__", forbidden):
+        with mock.patch.object(IndexedImages, "__getitems__", spy), mock.patch.object(DeviceLoader, "__iter__", spy_loader), \
+                mock.patch.object(Trigger, "__call__", forbidden):
             module = cell.train_defense(name, attack)
 
         poisoned, clean = set(cell.poison_idx.tolist()), set(cell.clean_idx.tolist())
