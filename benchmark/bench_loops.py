@@ -195,6 +195,18 @@ class Bench:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def plain_step(self, model, opt, sched, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One plain-PyTorch training step as the suite's trainer takes it:
+        the data module's augmentation, autocast where the suite uses it,
+        cross-entropy, SGD, and the per-step learning-rate schedule."""
+        x = self.dm.augment(x)
+        with self.autocast():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
     def subset(self, count: int) -> torch.Tensor:
         """The first `count` dataset indices in a seeded order (warm-up data)."""
         return torch.randperm(self.dm.num_train, generator=torch.Generator().manual_seed(SEED))[:count].sort().values

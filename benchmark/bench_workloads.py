@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from benchmark.stages.reactivation import SEARCH_PRECISION, attack_target
 from lightning_modules.attacks.base import AttackModule
@@ -51,13 +50,7 @@ def attack_training(bench: Bench) -> Pair:
                     x, y = x.clone(), y.clone()
                     x[poisoned] = bench.trigger(x[poisoned])
                     y[poisoned] = TARGET_LABEL
-                x = dm.augment(x)
-                with bench.autocast():
-                    loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+                bench.plain_step(model, opt, sched, x, y)
 
         return bench.timed(model, run)
 
@@ -105,13 +98,7 @@ def defense_training(bench: Bench) -> Pair:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=h.epochs * len(loader))
             for _ in range(h.epochs):
                 for x, y, _ in loader:
-                    x = dm.augment(x)
-                    with bench.autocast():
-                        loss = F.cross_entropy(model(x), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
+                    bench.plain_step(model, opt, sched, x, y)
 
         return bench.timed(model, run)
 
