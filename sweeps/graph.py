@@ -11,7 +11,6 @@ from rich.table import Table
 
 from benchmark.cell import Cell, StageJob
 from benchmark.store import ArtifactStore
-from datamodules import build_datamodule
 from sweeps.grid import Grid
 
 
@@ -65,14 +64,15 @@ def build_graph(grid: Grid, store: ArtifactStore | None = None, specs=None) -> J
     """Plan every cell of the grid, or the cells `specs` describe when given
     (loading each dataset once); raises on any bad name, value or missing
     dataset before a single job runs."""
+    from benchmark.cells import build_cell_datamodule, datamodule_key, make_cell
+
     store = store or ArtifactStore(grid.store)
     modules = {}
     cells = []
     for spec in (grid.cells() if specs is None else specs):
-        key = (spec.dataset, json.dumps(spec.data_params, sort_keys=True))
+        key = datamodule_key(spec)
         if key not in modules:
-            modules[key] = build_datamodule(spec.dataset, data_dir=grid.data_dir, batch_size=spec.batch_size,
-                                            **spec.data_params)
-        cells.append(Cell(spec, store, data_dir=grid.data_dir, accelerator="cpu", progress=False,
-                          datamodule=modules[key]))
+            modules[key] = build_cell_datamodule(spec, grid.data_dir)
+        cells.append(make_cell(spec, store, data_dir=grid.data_dir, accelerator="cpu", progress=False,
+                               datamodule=modules[key]))
     return JobGraph(grid, store, cells)

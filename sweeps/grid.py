@@ -15,6 +15,8 @@ checked before anything runs.
     defense_params: {ft: {epochs: 20}}
     reactivation_params: {wba: {epochs: 10}}
     executor: {jobs_per_gpu: 1, cpu_workers: 1}  # or {backend: slurm, ...}: sweeps/slurm.py
+    kind: classifier                   # or clip: CLIP cells (benchmark/clip_spec.py
+                                       # fields under `cell`; CLIP attacks and defenses)
     store: store                       # artifact store (shared by grids)
     output: runs/demo                  # report, logs, W&B runs
     data_dir: data
@@ -29,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from benchmark.cell import CellSpec
+from benchmark.clip_spec import ClipCellSpec
 from benchmark.errors import ConfigError
 from lightning_modules.attacks import ATTACKS
 from lightning_modules.defenses import DEFENSES
@@ -37,6 +40,8 @@ from lightning_modules.reactivation import REACTIVATIONS
 GRIDDED = ("dataset", "arch", "attack", "seed", "defenses", "reactivations", "defense_params",
            "reactivation_params", "trigger_params")
 CELL_FIELDS = [f.name for f in dataclasses.fields(CellSpec) if f.name not in GRIDDED]
+CLIP_CELL_FIELDS = [f.name for f in dataclasses.fields(ClipCellSpec) if f.name not in GRIDDED]
+KINDS = ("classifier", "clip")
 EXECUTOR_FIELDS = {"backend": "local", "jobs_per_gpu": 1, "cpu_workers": 1, "checkpoint_every": 5, "compile": False}
 BACKENDS = ("local", "slurm")
 
@@ -60,14 +65,16 @@ class Grid:
     output: Path = Path("runs")
     data_dir: Path = Path("data")
     wandb_project: str = "backdoor-reactivation"
+    kind: str = "classifier"
 
-    def cells(self) -> list[CellSpec]:
+    def cells(self) -> list[CellSpec | ClipCellSpec]:
+        spec_class = ClipCellSpec if self.kind == "clip" else CellSpec
         specs = []
         for dataset in self.datasets:
             for arch in self.archs:
                 for attack in self.attacks:
                     for seed in self.seeds:
-                        spec = CellSpec(dataset=dataset, arch=arch, attack=attack, seed=seed,
+                        spec = spec_class(dataset=dataset, arch=arch, attack=attack, seed=seed,
                                         defenses=tuple(self.defenses), reactivations=tuple(self.reactivations),
                                         defense_params=self.defense_params,
                                         trigger_params=self.attack_params.get(attack, {}),
@@ -118,17 +125,27 @@ def load_grid(path: str | Path) -> Grid:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
     from datamodules import DATASETS
 
+    kind = raw.get("kind", "classifier")
+    if kind not in KINDS:
+        raise ConfigError(f"{path}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "clip":
+        from lightning_modules.clip.attacks import CLIP_ATTACKS
+        from lightning_modules.clip.defenses import CLIP_DEFENSES
+
+        attack_registry, defense_registry, cell_fields = CLIP_ATTACKS, CLIP_DEFENSES, CLIP_CELL_FIELDS
+    else:
+        attack_registry, defense_registry, cell_fields = ATTACKS, DEFENSES, CELL_FIELDS
     datasets = _names(raw, "datasets", DATASETS, path)
     archs = _plain_list(raw, "archs", path)
     seeds = _plain_list(raw, "seeds", path, int)
     if any(s < 0 for s in seeds):
         raise ConfigError(f"{path}: seeds must be non-negative, got {seeds}")
-    attacks = _names(raw, "attacks", ATTACKS, path, exclude=("clean",))
-    defenses = _names(raw, "defenses", DEFENSES, path)
+    attacks = _names(raw, "attacks", attack_registry, path, exclude=("clean",))
+    defenses = _names(raw, "defenses", defense_registry, path)
     reactivations = _names(raw, "reactivations", REACTIVATIONS, path)
     cell = raw.get("cell") or {}
-    if not isinstance(cell, dict) or set(cell) - set(CELL_FIELDS):
-        raise ConfigError(f"{path}: 'cell' accepts {', '.join(CELL_FIELDS)}; got {sorted(cell)}")
+    if not isinstance(cell, dict) or set(cell) - set(cell_fields):
+        raise ConfigError(f"{path}: 'cell' accepts {', '.join(cell_fields)}; got {sorted(cell)}")
     executor = {**EXECUTOR_FIELDS, **(raw.get("executor") or {})}
     if executor["backend"] not in BACKENDS:
         raise ConfigError(f"{path}: executor.backend must be one of {', '.join(BACKENDS)}, "
@@ -146,7 +163,7 @@ def load_grid(path: str | Path) -> Grid:
         value = executor[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{path}: executor.{key} must be a positive integer, got {value!r}")
-    for key, registry in (("attack_params", ATTACKS), ("defense_params", DEFENSES),
+    for key, registry in (("attack_params", attack_registry), ("defense_params", defense_registry),
                           ("reactivation_params", REACTIVATIONS)):
         value = raw.get(key) or {}
         if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
@@ -160,6 +177,6 @@ def load_grid(path: str | Path) -> Grid:
                 reactivation_params=raw.get("reactivation_params") or {}, executor=executor,
                 store=Path(raw.get("store", "store")), output=Path(raw.get("output", f"runs/{name}")),
                 data_dir=Path(raw.get("data_dir", "data")),
-                wandb_project=str(raw.get("wandb_project", "backdoor-reactivation")))
+                wandb_project=str(raw.get("wandb_project", "backdoor-reactivation")), kind=kind)
     grid.cells()  # every value checked now, before any job
     return grid

@@ -39,18 +39,17 @@ class JobRunner:
         self._cells: dict[str, object] = {}
 
     def cell(self, spec_text: str):
-        from benchmark.cell import Cell, CellSpec
-        from datamodules import build_datamodule
+        from benchmark.cells import build_cell_datamodule, datamodule_key, make_cell
+        from benchmark.clip_spec import spec_from_dict
 
         if spec_text not in self._cells:
-            spec = CellSpec.from_dict(json.loads(spec_text))
-            key = json.dumps([spec.dataset, spec.batch_size, spec.data_params], sort_keys=True)
+            spec = spec_from_dict(json.loads(spec_text))
+            key = datamodule_key(spec)
             if key not in self._modules:
-                self._modules[key] = build_datamodule(spec.dataset, data_dir=self.data_dir,
-                                                      batch_size=spec.batch_size, **spec.data_params)
-            self._cells[spec_text] = Cell(spec, self.store, data_dir=self.data_dir, progress=False,
-                                          datamodule=self._modules[key], checkpoint_every=self.checkpoint_every,
-                                          compile=self.compile)
+                self._modules[key] = build_cell_datamodule(spec, self.data_dir)
+            self._cells[spec_text] = make_cell(spec, self.store, data_dir=self.data_dir, progress=False,
+                                               datamodule=self._modules[key],
+                                               checkpoint_every=self.checkpoint_every, compile=self.compile)
         return self._cells[spec_text]
 
     def run(self, spec_text: str, job_id: str) -> None:
