@@ -14,7 +14,7 @@ STORE ?= store
 
 GRID ?= sweeps/demo.yaml
 
-.PHONY: help install test test-slow test-science test-slurm test-attacks bench demo cell sweep sweep-cifar10 score report wandb-sync fashion-mnist clean-store
+.PHONY: help install test test-slow test-science test-slurm test-attacks test-clip bench demo demo-clip cell sweep sweep-cifar10 score report wandb-sync fashion-mnist wordnet clean-store
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: install ## fast test suite (CPU, synthetic data, a few minutes)
+test: install wordnet ## fast test suite (CPU, synthetic data, a few minutes)
 	$(PY) -m pytest -q
 
-test-slow: install fashion-mnist ## science tests on real Fashion-MNIST that CI runs (~30 min)
+test-slow: install fashion-mnist wordnet ## science tests on real Fashion-MNIST that CI runs (~30 min)
 	$(PY) -m pytest -q -m "slow and not attack_science and not full_science" --override-ini="addopts="
 
 test-science: install fashion-mnist ## every claim on the demo's cells (all defenses that worked, TBRA, controls) and SSBA's invisibility (~60 min)
@@ -49,6 +49,12 @@ bench: install ## images/s of the suite's stages beside plain PyTorch loops; the
 
 test-attacks: install fashion-mnist ## science of every attack beyond BadNets/Blended on Fashion-MNIST (~30 min)
 	$(PY) -m pytest -q -s -m attack_science --override-ini="addopts="
+
+test-clip: install fashion-mnist wordnet ## CLIP science on Fashion-MNIST captions: poisoning, CleanCLIP, WBA vs gUAA (~20 min)
+	$(PY) -m pytest -q -s -m clip_science --override-ini="addopts="
+
+demo-clip: install fashion-mnist wordnet ## the CLIP demo cell on Fashion-MNIST captions (CPU): tiny CLIP, BadNets, CleanCLIP and FT, BEC, WBA + gUAA
+	$(PY) -m sweeps run sweeps/clip-demo.yaml
 
 demo: install fashion-mnist ## the demo grid on Fashion-MNIST (CPU, ~15 min): BadNets and Blended x the paper's defenses, BEC, WBA + gUAA, report
 	$(PY) -m sweeps run sweeps/demo.yaml
@@ -76,6 +82,11 @@ wandb-sync: install ## upload a grid's offline W&B runs: make wandb-sync GRID=sw
 fashion-mnist: ## install Debian's dataset-fashion-mnist when it is missing and apt is usable (else torchvision downloads it)
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "apt could not install dataset-fashion-mnist; torchvision will try to download"; \
+	fi
+
+wordnet: ## install Debian's wordnet-base (CleanCLIP's EDA synonyms, offline) when missing and apt is usable
+	@if [ ! -d /usr/share/wordnet ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && apt-get install -y -qq wordnet-base) || echo "apt could not install wordnet-base; CleanCLIP needs text_operations without sr/ri or BDBENCH_WORDNET_DIR"; \
 	fi
 
 clean-store: ## delete the artifact store (everything will be recomputed)

@@ -88,10 +88,10 @@ class ClipCellSpec:
         attack = CLIP_ATTACKS.get(self.attack)
         self.trigger_params = validate_params(f"trigger {attack.trigger!r}", TRIGGERS.get(attack.trigger),
                                               self.trigger_params, TRIGGER_RUNNER_ARGS)
-        for name in self.defenses:
-            CLIP_DEFENSES.get(name)
         if "none" in self.defenses:
             raise ConfigError("'none' is not a CLIP defense: the backdoored row is always reported")
+        for name in self.defenses:
+            CLIP_DEFENSES.get(name)
         if len(set(self.defenses)) != len(self.defenses):
             raise ConfigError(f"defenses listed twice: {list(self.defenses)}")
         for name in self.reactivations:

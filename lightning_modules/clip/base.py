@@ -108,4 +108,4 @@ class ClipStage(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def export_weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.clip.state_dict().items()}
