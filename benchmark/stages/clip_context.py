@@ -49,7 +49,7 @@ class ClipCellContext(CellContext):
         self.trigger_job = None
         self.attack_job = None
         self._planned: dict[str, object] = {}
-        self._weights = weights_identity(spec.pretrained)  # a missing checkpoint fails at planning
+        self.weights = weights_identity(spec.pretrained)  # a missing checkpoint fails at planning
 
     @property
     def name(self) -> str:

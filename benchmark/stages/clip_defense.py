@@ -4,6 +4,8 @@ re-indexed 0..n-1 and their own captions; no trigger, no poisoned index, no
 poisoned caption."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 import benchmark.training as training_module
@@ -18,8 +20,6 @@ from lightning_modules.clip.defenses import CLIP_DEFENSES
 def defense_module(ctx: ClipCellContext, name: str, model, captions: list[str]):
     params = dict(ctx.spec.defense_params.get(name, {}))
     cls = CLIP_DEFENSES.get(name)
-    import inspect
-
     if "seed" in inspect.signature(cls).parameters:
         params["seed"] = ctx.spec.seed
     try:

@@ -37,7 +37,7 @@ def poison_spec(ctx: ClipCellContext) -> dict:
 
 def clean_job(ctx: ClipCellContext) -> StageJob:
     model_spec = ctx.model_spec()
-    config = {"attack": "clean", "weights": ctx._weights, "data": ctx.dm.identity(), "model": model_spec,
+    config = {"attack": "clean", "weights": ctx.weights, "data": ctx.dm.identity(), "model": model_spec,
               "train": pretrain_spec(ctx),
               "code": code_fingerprint(ClipStage, clip_base_module, clip_model_module, clip_context_module,
                                        type(ctx.dm), training_module)}

@@ -83,7 +83,9 @@ class ClipStage(L.LightningModule):
         x, _, idx = batch
         x, tokens = self.prepare_batch(x, idx)
         loss = self.training_loss(x, tokens)
-        if not torch.isfinite(loss.detach()).all() and not loss.is_cuda:
+        # on a CPU a diverged loss fails at once; on a GPU checking would
+        # wait for the device at every step
+        if not loss.is_cuda and not torch.isfinite(loss):
             raise FloatingPointError(f"{type(self).__name__}: loss became {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         return loss
