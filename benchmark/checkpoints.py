@@ -14,7 +14,9 @@ objects) is not written: a resumed stage builds its module from its config.
 
 Layout: ``<store>/.tmp/checkpoints/<kind>-<key>/fit-<n>.safetensors``, one
 file per fit of the job (a defense that fine-tunes a teacher and then trains
-has two); the directory goes when the job's artifact is published.
+has two); the directory goes when the job's artifact is published. Loops
+written by hand (a trigger's preparation) checkpoint the same way through
+`LoopCheckpoint`, into the job's next fit file.
 """
 from __future__ import annotations
 
@@ -163,3 +165,70 @@ class JobCheckpoints:
             self.directory.parent.rmdir()  # the last job's leaves no empty area behind
         except OSError:
             pass  # other jobs' checkpoints are still there
+
+
+# Scheduler entries that say where the schedule is; the rest (milestones,
+# T_max, base rates) comes from the constructor the loop calls again, and
+# MultiStepLR's milestones are a Counter that JSON would turn into a dict.
+SCHEDULE_POSITION = ("last_epoch", "_step_count", "_last_lr")
+
+
+class LoopCheckpoint:
+    """Resumable hand-written training loops (the trigger preparations:
+    Input-Aware's mask generator, SSBA's encoder, LC's robust model), saved
+    at epoch ends like a Lightning fit, so a stage killed in epoch k starts
+    again at the start of epoch k with the state it had then.
+
+    `holders` are what the loop changes: modules and optimisers (state
+    dicts), learning-rate schedules (their position), and torch generators
+    (their state). The loop's own counters travel as `position` keyword
+    arguments. torch's global random state is saved and restored too. A
+    loop is resumed bit for bit when everything it draws comes from these
+    holders or from an epoch-seeded order. With no path every call does
+    nothing, so the same loop runs outside a job.
+    """
+
+    def __init__(self, path: Path | None, every: int = 1, **holders):
+        if every < 1:
+            raise ValueError(f"checkpoint interval must be a positive number of epochs, got {every}")
+        self.path, self.every, self.holders = (Path(path) if path is not None else None), every, holders
+
+    def resume(self) -> dict:
+        """The saved `position` (empty when there is nothing to resume), with
+        every holder restored to its saved state."""
+        if self.path is None or not self.path.is_file():
+            return {}
+        saved = load_checkpoint_file(self.path)
+        for name, holder in self.holders.items():
+            state = saved["holders"][name]
+            if isinstance(holder, torch.Generator):
+                holder.set_state(state)
+            elif isinstance(holder, torch.optim.lr_scheduler.LRScheduler):
+                holder.load_state_dict({**holder.state_dict(), **state})
+            else:
+                holder.load_state_dict(state)
+        torch.set_rng_state(saved["torch"])
+        if "cuda" in saved and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda"])
+        print(f"resuming this loop from its checkpoint {self.path.name} at epoch {saved['position'].get('epoch')} "
+              f"(a run of this job was interrupted)", flush=True)
+        return saved["position"]
+
+    def epoch_end(self, epochs_done: int, last: bool = False, **position) -> None:
+        """Save after `epochs_done` epochs when it is a multiple of the
+        interval or the loop's last; `position` must hold what the loop needs
+        to go on (at least where it goes on: conventionally `epoch`)."""
+        if self.path is None or not (last or epochs_done % self.every == 0):
+            return
+        holders = {}
+        for name, holder in self.holders.items():
+            if isinstance(holder, torch.Generator):
+                holders[name] = holder.get_state()
+            elif isinstance(holder, torch.optim.lr_scheduler.LRScheduler):
+                holders[name] = {key: holder.state_dict()[key] for key in SCHEDULE_POSITION}
+            else:
+                holders[name] = holder.state_dict()
+        state = {"holders": holders, "position": position, "torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        save_checkpoint_file(state, self.path)

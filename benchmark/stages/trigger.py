@@ -46,6 +46,9 @@ def prepare(ctx: CellContext, inputs) -> tuple[dict, dict]:
         num_classes=dm.num_classes, target_label=s.target_label, seed=s.seed, device=ctx.trainers.device,
         clean_model=clean_model, new_model=lambda: ctx.new_model(model_spec).to(ctx.trainers.device),
         log=lambda message: ctx.console.print(f"  {message}", highlight=False))
+    checkpoints = ctx.trainers.checkpoints  # set by the cell around a job; None outside one
+    if checkpoints is not None:
+        prep.checkpoint_path, prep.checkpoint_every = checkpoints.next_fit(), checkpoints.every
     trigger.prepare(prep)
     state = {k: v.detach().cpu().contiguous() for k, v in trigger.state_dict().items()}
     return visibility(ctx, trigger), state

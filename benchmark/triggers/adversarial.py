@@ -81,8 +81,10 @@ def adversarial_training(model: torch.nn.Module, ctx, *, epochs: int, epsilon: f
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     ctx.log(f"{name}: adversarial training of the robust model, {total} steps "
             f"(PGD-{steps}, eps {epsilon * 255:.3g}/255)")
-    step = 0
-    for epoch in range(epochs):
+    progress = ctx.loop_checkpoint(model=model, optimizer=optimizer, schedule=schedule, random_start=random_start)
+    position = progress.resume()  # {} unless an earlier run of this stage was interrupted
+    step = position.get("step", 0)
+    for epoch in range(position.get("epoch", 0), epochs):
         if step >= total:
             break
         started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
@@ -107,6 +109,7 @@ def adversarial_training(model: torch.nn.Module, ctx, *, epochs: int, epsilon: f
         ctx.log(f"{name}: robust epoch {epoch + 1}/{epochs}: adversarial loss "
                 f"{loss_sum / max(seen, 1):.4f}, adversarial accuracy {correct / max(seen, 1):.3f}, "
                 f"{time.perf_counter() - started:.1f}s")
+        progress.epoch_end(epoch + 1, last=step >= total or epoch + 1 == epochs, epoch=epoch + 1, step=step)
     model.eval()
 
 

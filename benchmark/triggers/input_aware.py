@@ -218,9 +218,11 @@ class InputAwareTrigger(Trigger):
         optimizer = torch.optim.Adam(network.parameters(), lr=self.mask_lr, betas=GENERATOR_BETAS)
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(self.mask_milestones),
                                                         gamma=self.mask_lr_decay)
-        self.mask_history, steps = [], 0
+        progress = ctx.loop_checkpoint(mask_network=network, optimizer=optimizer, schedule=schedule)
+        position = progress.resume()  # {} unless an earlier run of this stage was interrupted
+        self.mask_history, steps = list(position.get("history", [])), position.get("steps", 0)
         try:
-            for epoch in range(self.mask_epochs):
+            for epoch in range(position.get("epoch", 0), self.mask_epochs):
                 sums, batches = {"loss": 0.0, "norm": 0.0, "diversity": 0.0}, 0
                 # Two independent shuffles of the training set pair each image
                 # with another one (BackdoorBench's two shuffled loaders).
@@ -241,7 +243,12 @@ class InputAwareTrigger(Trigger):
                 self.mask_history.append(means)
                 ctx.log(f"input_aware mask epoch {epoch + 1}/{self.mask_epochs}: loss {means['loss']:.4f} "
                         f"(norm {means['norm']:.4f}, diversity {means['diversity']:.4f})")
-                if self.max_mask_steps is not None and steps >= self.max_mask_steps:
+                stop = self.max_mask_steps is not None and steps >= self.max_mask_steps
+                # a stage stopped by max_mask_steps resumes as finished, not one step further
+                following = self.mask_epochs if stop else epoch + 1
+                progress.epoch_end(epoch + 1, last=following == self.mask_epochs, epoch=following, steps=steps,
+                                   history=self.mask_history)
+                if stop:
                     break
         finally:
             network.eval().requires_grad_(False)

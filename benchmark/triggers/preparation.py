@@ -5,14 +5,19 @@ indices it chose, the cell's seed and, for triggers computed on a clean
 model (LF, TrojanNN), the cell's clean model f_C in eval mode. `new_model`
 builds a fresh classifier of the cell's architecture (LC's robust model).
 Everything a preparation draws must come from `generator()` or
-`batches()`, so the artifact is a function of the seed.
+`batches()`, so the artifact is a function of the seed. A preparation that
+trains for epochs saves its progress through `loop_checkpoint()`, so a
+killed stage goes on from its last saved epoch with the same result.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+
+from benchmark.checkpoints import LoopCheckpoint
 
 
 @dataclass
@@ -27,6 +32,10 @@ class PreparationContext:
     clean_model: torch.nn.Module | None = None
     new_model: Callable[[], torch.nn.Module] | None = None
     log: Callable[[str], None] = lambda message: None
+    #: where the preparation's training loop saves its progress (None: nowhere)
+    checkpoint_path: Path | None = None
+    #: epochs between saves
+    checkpoint_every: int = 1
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -35,6 +44,11 @@ class PreparationContext:
     def generator(self, offset: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
         """A generator fixed by the cell's seed (`offset` separates streams)."""
         return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + offset)
+
+    def loop_checkpoint(self, **holders) -> LoopCheckpoint:
+        """The saving and resuming of a preparation loop that changes
+        `holders` (see benchmark/checkpoints.py's LoopCheckpoint)."""
+        return LoopCheckpoint(self.checkpoint_path, self.checkpoint_every, **holders)
 
     def float_images(self, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Training images (all, or those at `indices`) as [0, 1] floats on the device."""

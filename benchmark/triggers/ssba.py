@@ -145,8 +145,11 @@ class SSBATrigger(Trigger):
         log_every = max(1, min(200, total // 10))
         ctx.log(f"ssba: training the StegaStamp encoder/decoder for {total} steps "
                 f"({len(ctx.images)} images, batch {self.batch_size}, width {self.width})")
-        step, since_activation = 0, -1
-        for epoch in range(self.epochs):
+        progress = ctx.loop_checkpoint(encoder=encoder, decoder=decoder, optimiser=optimiser,
+                                       fingerprints=fingerprint_gen)
+        position = progress.resume()  # {} unless an earlier run of this stage was interrupted
+        step, since_activation = position.get("step", 0), position.get("since_activation", -1)
+        for epoch in range(position.get("epoch", 0), self.epochs):
             for images, _, _ in ctx.batches(self.batch_size, epoch=epoch):
                 if step >= total:
                     break
@@ -173,6 +176,8 @@ class SSBATrigger(Trigger):
                     ctx.log(f"ssba: step {step}/{total} epoch {epoch}: bce {bce.item():.4f} mse {l2.item():.5f} "
                             f"(psnr {10 * math.log10(1 / max(l2.item(), 1e-12)):.1f} dB) l2 weight {w:.2f} "
                             f"bit accuracy {bit_accuracy:.3f}")
+            progress.epoch_end(epoch + 1, last=step >= total or epoch + 1 == self.epochs, epoch=epoch + 1,
+                               step=step, since_activation=since_activation)
             if step >= total:
                 break
 
