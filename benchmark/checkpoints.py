@@ -112,6 +112,20 @@ class SafeCheckpointIO(CheckpointIO):
         Path(path).unlink(missing_ok=True)
 
 
+def global_random_state() -> dict:
+    """torch's global random state (CPU, and CUDA where it is in use)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_global_random_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 class EpochCheckpoint(L.Callback):
     """Saves the fit every `every` epochs and at its last epoch, with the
     random state that the next epoch will draw from."""
@@ -131,17 +145,13 @@ class EpochCheckpoint(L.Callback):
             trainer.save_checkpoint(self.path, weights_only=False)
 
     def state_dict(self) -> dict:
-        state = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        state = global_random_state()
         if self.generator is not None:
             state["loader"] = self.generator.get_state()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        restore_global_random_state(state)
         if self.generator is not None and "loader" in state:
             self.generator.set_state(state["loader"])
 
@@ -207,9 +217,7 @@ class LoopCheckpoint:
                 holder.load_state_dict({**holder.state_dict(), **state})
             else:
                 holder.load_state_dict(state)
-        torch.set_rng_state(saved["torch"])
-        if "cuda" in saved and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(saved["cuda"])
+        restore_global_random_state(saved)
         print(f"resuming this loop from its checkpoint {self.path.name} at epoch {saved['position'].get('epoch')} "
               f"(a run of this job was interrupted)", flush=True)
         return saved["position"]
@@ -225,10 +233,8 @@ class LoopCheckpoint:
             if isinstance(holder, torch.Generator):
                 holders[name] = holder.get_state()
             elif isinstance(holder, torch.optim.lr_scheduler.LRScheduler):
-                holders[name] = {key: holder.state_dict()[key] for key in SCHEDULE_POSITION}
+                schedule = holder.state_dict()
+                holders[name] = {key: schedule[key] for key in SCHEDULE_POSITION}
             else:
                 holders[name] = holder.state_dict()
-        state = {"holders": holders, "position": position, "torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        save_checkpoint_file(state, self.path)
+        save_checkpoint_file({"holders": holders, "position": position, **global_random_state()}, self.path)
