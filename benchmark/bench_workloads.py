@@ -64,8 +64,7 @@ def attack_training(bench: Bench) -> Pair:
 def defense_training(bench: Bench) -> Pair:
     s, dm = bench.sizes, bench.dm
     # the ratio's ceil() may round one image up; the sizes promise exactly defense_subset
-    clean_idx = dm.clean_subset_indices(s.defense_subset / dm.num_train, SEED,
-                                        exclude=bench.poison_idx)[:s.defense_subset]
+    clean_idx = dm.clean_subset_indices(s.defense_subset / dm.num_train, SEED)[:s.defense_subset]
     clean_set = dm.train_set(clean_idx)
 
     def build(epochs):
@@ -113,7 +112,7 @@ def defense_training(bench: Bench) -> Pair:
 def wba_steps(bench: Bench) -> Pair:
     s, dm = bench.sizes, bench.dm
     cls = REACTIVATIONS.get("wba")
-    attacker_idx = dm.attacker_indices(bench.poison_idx, s.wba_samples, SEED)
+    attacker_idx = dm.attacker_indices(dm.attacker_pool(bench.poison_idx, TARGET_LABEL), s.wba_samples, SEED)
     data = dm.attacker_set(attacker_idx, bench.trigger)
     victim = bench.new_model()  # frozen by the method; shared by both sides (its weights never change)
 
@@ -167,7 +166,7 @@ def wba_steps(bench: Bench) -> Pair:
 def qbra_queries(bench: Bench) -> Pair:
     s, dm = bench.sizes, bench.dm
     cls = REACTIVATIONS.get("qbra")
-    attacker_idx = dm.attacker_indices(bench.poison_idx, s.query_samples, SEED)
+    attacker_idx = dm.attacker_indices(dm.attacker_pool(bench.poison_idx, TARGET_LABEL), s.query_samples, SEED)
     data = dm.attacker_set(attacker_idx, bench.trigger)
     victim = bench.new_model()
 

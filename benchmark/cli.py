@@ -62,6 +62,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
         help_text = f.metadata.get("help", "")
         if f.name in names:
             help_text = f"{help_text}; built in: {', '.join(names[f.name])}"
+        if f.name == "attack_params":
+            help_text = f"{help_text}. {attack_options_help()}"
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(hint) is tuple:
@@ -73,6 +75,23 @@ def add_spec_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
             if choices:
                 help_text = f"{help_text} ({' | '.join(choices)})"
             parser.add_argument(flag, default=default, metavar=f.name.upper(), help=help_text)
+
+
+def attack_options_help() -> str:
+    """Each built-in attack's options with their defaults (training module,
+    then trigger), for `--attack-params`' help."""
+    from benchmark.spec import attack_options
+
+    def listed(params) -> str:
+        return ", ".join(f"{n}={p.default!r}" for n, p in params.items()) or "none"
+
+    parts = []
+    for name in ATTACKS.names():
+        if ATTACKS.get(name).trigger is None:
+            continue
+        module, trigger = attack_options(name)
+        parts.append(f"{name}: module {listed(module)}; trigger {listed(trigger)}")
+    return "Options per attack: " + " | ".join(parts)
 
 
 def spec_from_args(args: argparse.Namespace, **overrides):

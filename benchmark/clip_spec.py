@@ -60,6 +60,9 @@ class ClipCellSpec:
         "all", "draw poisoned pairs from all pairs, or from non-target ones (needs labelled pairs)")
     clean_ratio: Fraction = _field(0.2, "the defender's clean pairs, fraction of the training pairs")
     reactivations: tuple[str, ...] = _field(("wba",), "re-activation methods (wba, qbra, tbra) or plugins")
+    attacker_samples: Literal["non_target", "poisoned"] = _field(
+        "non_target", "the re-activation attacker's samples: non-target poisoned pairs' images, or the "
+                      "poisoned pairs as drawn")
     epsilon: PositiveFloat = _field(0.05, "re-activation budget in [0, 1] pixel units (L-inf: below 1)")
     norm: Literal["linf", "l2", "l1"] = _field("linf", "norm of the re-activation budget")
     controls: bool = _field(False, "run the noise-robustness and feature-CKA controls")

@@ -15,8 +15,11 @@ Defense contract (the threat model: the defender holds the backdoored model
 and a small clean subset, nothing else):
 - every user-settable __init__ parameter has a type hint, and its default
   satisfies it (so grids and the command line can validate values);
-- it never calls the trigger, and is served only samples of the clean subset,
-  never a poisoned index, with unmodified pixels, in any hook;
+- it never calls the trigger, and is served only samples of the defender's
+  clean subset, with their clean pixels and true labels, in any hook. The
+  subset may hold indices the attacker poisoned (BackdoorBench draws it from
+  the clean versions of all training images): what the defender never sees
+  is a triggered image or a flipped label;
 - it trains on something when it has training epochs;
 - it returns a model with the architecture's exact state-dict keys and
   shapes, all finite, that the suite can evaluate;
@@ -25,7 +28,9 @@ and a small clean subset, nothing else):
 Re-activation contract: every parameter typed; the victim's weights and
 BatchNorm statistics never move; the perturbation stays within its budget;
 a query method only ever sees the victim through the counting oracle, within
-its budget.
+its budget; the attacker's samples it is fitted on are non-target training
+images (with the trigger for re-activation, clean for the gUAA control),
+so that neither objective is met before the search starts.
 """
 from __future__ import annotations
 
@@ -102,12 +107,12 @@ def check_defense_contract(defense, params: dict | None = None, workdir: str | P
                     progress=False)
         attack = cell.execute(cell.job("attack", spec.attack))
 
-        served: list[tuple[torch.Tensor, torch.Tensor]] = []
+        served: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         getitems = IndexedImages.__getitems__
 
         def spy(self, positions):
             batch = getitems(self, positions)
-            served.append((batch[0].clone(), batch[2].clone()))
+            served.append((batch[0].clone(), batch[1].clone(), batch[2].clone()))
             return batch
 
         # the data module's loaders gather batches on the device themselves
@@ -115,7 +120,7 @@ def check_defense_contract(defense, params: dict | None = None, workdir: str | P
 
         def spy_loader(self):
             for batch in iterate(self):
-                served.append((batch[0].detach().cpu().clone(), batch[2].detach().cpu().clone()))
+                served.append(tuple(t.detach().cpu().clone() for t in batch))
                 yield batch
 
         def forbidden(self, images):
@@ -125,13 +130,14 @@ def check_defense_contract(defense, params: dict | None = None, workdir: str | P
                 mock.patch.object(Trigger, "__call__", forbidden):
             module = cell.train_defense(name, attack)
 
-        poisoned, clean = set(cell.poison_idx.tolist()), set(cell.clean_idx.tolist())
-        for images, indices in served:
-            idx = set(indices.tolist())
-            assert idx <= clean, f"defense {name!r} was served samples outside the defender's clean subset"
-            assert not idx & poisoned, f"defense {name!r} was served poisoned samples"
+        clean = set(cell.clean_idx.tolist())
+        for images, labels, indices in served:
+            assert set(indices.tolist()) <= clean, (
+                f"defense {name!r} was served samples outside the defender's clean subset")
             assert torch.equal(images, cell.dm.train_images[indices].float() / 255), (
-                f"defense {name!r} was served modified pixels")
+                f"defense {name!r} was served modified pixels (a triggered image, or one changed in place)")
+            assert torch.equal(labels, cell.dm.train_labels[indices]), (
+                f"defense {name!r} was served labels other than the true ones")
         if module.hparams.epochs > 0:
             assert served, f"defense {name!r} has {module.hparams.epochs} training epochs but never saw data"
 
@@ -162,6 +168,7 @@ def check_reactivation_contract(method, params: dict | None = None, workdir: str
     from lightning_modules.reactivation import REACTIVATIONS
     from lightning_modules.reactivation.base import QUERY, TRANSFER
     from lightning_modules.reactivation.norms import project
+    from datamodules.device_loader import DeviceLoader
 
     with _registered(REACTIVATIONS, method) as name, _workdir(workdir) as root:
         root = Path(root)
@@ -187,8 +194,34 @@ def check_reactivation_contract(method, params: dict | None = None, workdir: str
             loaded.append((artifact.key, model, copy.deepcopy(model.state_dict())))
             return model
 
-        with mock.patch.object(cell.ctx, "load_model", spy_load):
+        # the batches the method is fitted on (shuffled loaders; evaluation
+        # loaders are not shuffled)
+        fitted: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        iterate = DeviceLoader.__iter__
+
+        def spy_loader(self):
+            for batch in iterate(self):
+                if self.shuffle:
+                    fitted.append(tuple(t.detach().cpu().clone() for t in batch))
+                yield batch
+
+        guaa = cell.job("guaa", f"{name} vs ft")
+        with mock.patch.object(cell.ctx, "load_model", spy_load), mock.patch.object(DeviceLoader, "__iter__",
+                                                                                    spy_loader):
             artifact = cell.execute(job)
+            triggered_batches = len(fitted)
+            cell.execute(guaa)
+        dm, target, trigger = cell.dm, spec.target_label, cell.ctx.trigger
+        assert fitted, f"re-activation {name!r} was never fitted on the attacker's samples"
+        for i, (images, labels, indices) in enumerate(fitted):
+            assert torch.equal(labels, dm.train_labels[indices]), f"re-activation {name!r}: labels are not true labels"
+            assert bool((labels != target).all()), (
+                f"re-activation {name!r} was fitted on target-class images: its objective is met before it starts")
+            clean_images = dm.train_images[indices].float() / 255
+            expected = trigger(clean_images) if i < triggered_batches else clean_images
+            assert torch.allclose(images, expected, atol=1e-6), (
+                f"re-activation {name!r}: the attacker's samples are not "
+                f"{'triggered' if i < triggered_batches else 'clean'} training images")
         for key, model, state in loaded:
             for k, v in state.items():
                 assert torch.equal(v, model.state_dict()[k]), (

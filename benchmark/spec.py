@@ -10,7 +10,7 @@ from typing import Literal
 
 from benchmark.errors import ConfigError
 from benchmark.schema import Fraction, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt, check_value, \
-    validate_params
+    schema, validate_params
 from benchmark.triggers import TRIGGER_RUNNER_ARGS, TRIGGERS
 from datamodules import DATASETS
 from lightning_modules.attacks import ATTACKS
@@ -24,6 +24,8 @@ SURROGATE_KEYS = ("surrogates", "surrogate_arch")
 # __init__ arguments the runner supplies; the rest of a method's typed
 # signature is what a user may set.
 DEFENSE_RUNNER_ARGS = ("model", "num_classes", "target_label", "augment")
+ATTACK_RUNNER_ARGS = ("model", "num_classes", "trigger", "poison_indices", "num_train", "target_label", "lr",
+                      "augment")
 REACTIVATION_RUNNER_ARGS = ("model", "oracle", "surrogates", "image_shape", "target_label", "epsilon", "norm",
                             "seed")
 
@@ -58,7 +60,19 @@ class CellSpec:
                "clean-label attacks (sig, lc) always draw from the target class")
     target_label: NonNegativeInt = _field(0, "the backdoor's target class")
     clean_ratio: Fraction = _field(0.05, "the defender's clean subset, fraction of the training set")
+    # "any": drawn from every training index, served with clean pixels and
+    # true labels (BackdoorBench); "non_poisoned": never a poisoned index
+    # (for SIG/LC at rate 0.1 that is no target-class image at all)
+    clean_subset: Literal["any", "non_poisoned"] = _field(
+        "any", "where the defender's clean subset is drawn from: any training index (clean pixels; "
+               "BackdoorBench) or only never-poisoned ones")
     reactivations: tuple[str, ...] = _field(("wba",), "re-activation methods or plugins")
+    # "non_target": non-target images with the trigger (poisoned ones where
+    # there are, any non-target image for clean-label attacks); "poisoned":
+    # the poisoned indices as drawn (target-class images included)
+    attacker_samples: Literal["non_target", "poisoned"] = _field(
+        "non_target", "the re-activation attacker's samples: non-target training images (poisoned ones "
+                      "first) or the poisoned indices as drawn")
     epsilon: PositiveFloat = _field(0.05, "re-activation budget in [0, 1] pixel units (L-inf: below 1)")
     norm: Literal["linf", "l2", "l1"] = _field("linf", "norm of the re-activation budget")
     # the noise-robustness and feature-CKA controls per method x defense (the
@@ -74,6 +88,8 @@ class CellSpec:
     clean_data_order: Literal["own", "shared"] = _field(
         "own", "the clean model's data order: its own (a separate run) or the backdoored model's")
     trigger_params: dict = _field({}, "JSON overrides of the attack's trigger, e.g. '{\"size\": 4}'")
+    attack_params: dict = _field({}, "JSON options of the attack: its training module's (e.g. wanet "
+                                     "'{\"cross_ratio\": 1}') and its trigger's")
     defense_params: dict = _field({}, "JSON {defense: {param: value}}, e.g. '{\"ft\": {\"epochs\": 20}}'")
     reactivation_params: dict = _field({}, "JSON {method: {param: value}}, e.g. '{\"wba\": {\"epochs\": 10}}'")
     data_params: dict = _field({}, "JSON extra data-module arguments")
@@ -91,8 +107,11 @@ class CellSpec:
                               f"cell trains itself; choose one of: "
                               f"{', '.join(n for n in ATTACKS.names() if ATTACKS.get(n).trigger)}")
         trigger = ATTACKS.get(self.attack).trigger
-        self.trigger_params = validate_params(f"trigger {trigger!r}", TRIGGERS.get(trigger), self.trigger_params,
+        module_params, trigger_params = split_attack_params(self.attack, self.attack_params, self.trigger_params)
+        self.trigger_params = validate_params(f"trigger {trigger!r}", TRIGGERS.get(trigger), trigger_params,
                                               TRIGGER_RUNNER_ARGS)
+        self.attack_params = validate_params(f"attack {self.attack!r}", ATTACKS.get(self.attack).module_class(),
+                                             module_params, ATTACK_RUNNER_ARGS)
         for name in self.reactivations:
             REACTIVATIONS.get(name)
         for name in self.defenses:
@@ -131,6 +150,41 @@ class CellSpec:
             if key in data and isinstance(data[key], list):
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+def attack_options(attack: str) -> tuple[dict, dict]:
+    """(the attack module's user parameters, its trigger's), each name ->
+    inspect.Parameter: what `attack_params` may set."""
+    preset = ATTACKS.get(attack)
+    module = schema(preset.module_class(), ATTACK_RUNNER_ARGS)
+    trigger = schema(TRIGGERS.get(preset.trigger), TRIGGER_RUNNER_ARGS) if preset.trigger else {}
+    return module, trigger
+
+
+def split_attack_params(attack: str, attack_params: dict, trigger_params: dict) -> tuple[dict, dict]:
+    """Route `attack_params` to the attack's training module or its trigger
+    by name (a name both accept is refused); `trigger_params` always go to
+    the trigger. Returns (module params, trigger params)."""
+    if not isinstance(attack_params, dict):
+        raise ConfigError(f"cell: attack_params must map parameter names to values, got {attack_params!r}")
+    module_names, trigger_names = attack_options(attack)
+    module, trigger = {}, dict(trigger_params)
+    for name, value in attack_params.items():
+        if name in module_names and name in trigger_names:
+            raise ConfigError(f"attack {attack!r}: parameter {name!r} exists in both its training module and "
+                              f"its trigger; set the trigger's through trigger_params")
+        if name in module_names:
+            module[name] = value
+        elif name in trigger_names:
+            if name in trigger and trigger[name] != value:
+                raise ConfigError(f"attack {attack!r}: {name!r} given twice with different values "
+                                  f"({trigger[name]!r} in trigger_params, {value!r} in attack_params)")
+            trigger[name] = value
+        else:
+            allowed = sorted(module_names) + sorted(trigger_names)
+            raise ConfigError(f"attack {attack!r}: unknown parameter {name!r}; allowed: "
+                              f"{', '.join(allowed) or 'none'}")
+    return module, trigger
 
 
 def _surrogate_params(method: str, params: dict) -> dict:

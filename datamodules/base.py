@@ -11,9 +11,16 @@ dataset index:
   target-class samples are not avoided; they get the trigger and keep their
   label, which already is the target), or from non-target samples only
   (`selection="non_target"`: every poisoned sample is then label-flipped);
-- the defender's clean subset: `clean_ratio` of the training set, disjoint
-  from the poisoned indices;
-- the attacker's re-activation data: samples drawn from the poisoned indices;
+- the defender's clean subset: `clean_ratio` of the training set, drawn at
+  random from *every* training index and served with its clean pixels and
+  true label, as BackdoorBench draws it from the clean versions of all
+  training images (`defense/ft.py`, `utils/choose_index.py`): the defender
+  holds clean data of any index, never a triggered image. The older rule,
+  disjoint from the poisoned indices (`CLEAN_SUBSETS` "non_poisoned"), is
+  an option; for clean-label attacks (SIG, LC) at poison rate 0.1 it leaves
+  the defender without a single target-class image;
+- the attacker's re-activation data: non-target training images (see
+  `attacker_indices`);
 - the poisoned test set: every non-target test image with the trigger applied.
 """
 from __future__ import annotations
@@ -112,22 +119,51 @@ class BackdoorDataModule(L.LightningDataModule):
         order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))
         return candidates[order[:count]].sort().values
 
-    def clean_subset_indices(self, clean_ratio: float, seed: int, exclude: torch.Tensor) -> torch.Tensor:
+    #: "any": the defender's subset is drawn from every training index (clean
+    #: pixels, true labels; BackdoorBench); "non_poisoned": from the indices
+    #: that were never poisoned
+    CLEAN_SUBSETS = ("any", "non_poisoned")
+
+    def clean_subset_indices(self, clean_ratio: float, seed: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """`clean_ratio` of the training set, seeded; `exclude` (e.g. the
+        poisoned indices, for the "non_poisoned" rule) is never drawn."""
         if not 0.0 < clean_ratio <= 1.0:
             raise ConfigError(f"clean ratio must be in (0, 1], got {clean_ratio}")
         allowed = torch.ones(self.num_train, dtype=torch.bool)
-        allowed[exclude] = False
+        if exclude is not None:
+            allowed[exclude] = False
         candidates = torch.nonzero(allowed).flatten()
         count = min(len(candidates), max(1, math.ceil(clean_ratio * self.num_train)))
         # A different stream from the poison draw, still fixed by the seed.
         order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed + 7919))
         return candidates[order[:count]].sort().values
 
-    def attacker_indices(self, poisoned: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    #: where the attacker's re-activation samples come from: "non_target":
+    #: poisoned indices whose true class is not the target, or, when there
+    #: are none (clean-label attacks poison target-class images only), any
+    #: non-target training image (the attacker stamps its trigger on any
+    #: image); "poisoned": the poisoned indices as they are (target-class
+    #: images included, which for SIG and LC are all of them)
+    ATTACKER_SAMPLES = ("non_target", "poisoned")
+
+    def attacker_pool(self, poisoned: torch.Tensor, target_label: int, rule: str = "non_target") -> torch.Tensor:
+        """The dataset indices the attacker's re-activation samples are drawn from."""
+        if rule not in self.ATTACKER_SAMPLES:
+            raise ConfigError(f"attacker samples {rule!r} unknown; choose one of: {', '.join(self.ATTACKER_SAMPLES)}")
+        if rule == "poisoned":
+            return poisoned
+        self.setup()
+        pool = poisoned[self.train_labels[poisoned] != target_label]
+        if len(pool) == 0:
+            pool = torch.nonzero(self.train_labels != target_label).flatten()
+        return pool
+
+    def attacker_indices(self, pool: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+        """`count` indices of `pool` (from `attacker_pool`), seeded."""
         if count <= 0:
             raise ConfigError(f"number of attacker samples must be positive, got {count}")
-        order = torch.randperm(len(poisoned), generator=torch.Generator().manual_seed(seed + 104729))
-        return poisoned[order[:count]].sort().values
+        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed + 104729))
+        return pool[order[:count]].sort().values
 
     # ---- sets -------------------------------------------------------------------
     def train_set(self, indices: torch.Tensor | None = None) -> IndexedImages:

@@ -11,7 +11,8 @@ checked before anything runs.
     reactivations: [wba]               # or: all
     seeds: [0]
     cell: {epochs: 3, epsilon: 0.05}   # any other CellSpec field
-    attack_params: {badnets: {size: 4}}  # trigger overrides per attack
+    attack_params: {badnets: {size: 4}, wanet: {cross_ratio: 1}}  # per attack: its trigger's and its
+                                       # training module's options
     defense_params: {ft: {epochs: 20}}
     reactivation_params: {wba: {epochs: 10}}
     executor: {jobs_per_gpu: 1, cpu_workers: 1}  # or {backend: slurm, ...}: sweeps/slurm.py
@@ -38,7 +39,7 @@ from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
 
 GRIDDED = ("dataset", "arch", "attack", "seed", "defenses", "reactivations", "defense_params",
-           "reactivation_params", "trigger_params")
+           "reactivation_params", "trigger_params", "attack_params")
 CELL_FIELDS = [f.name for f in dataclasses.fields(CellSpec) if f.name not in GRIDDED]
 CLIP_CELL_FIELDS = [f.name for f in dataclasses.fields(ClipCellSpec) if f.name not in GRIDDED]
 KINDS = ("classifier", "clip")
@@ -74,11 +75,14 @@ class Grid:
             for arch in self.archs:
                 for attack in self.attacks:
                     for seed in self.seeds:
+                        # A classifier attack's options go to its training module or its
+                        # trigger by name (CellSpec.validate); a CLIP attack's are its trigger's.
+                        options = self.attack_params.get(attack, {})
+                        options = {"trigger_params": options} if self.kind == "clip" else {"attack_params": options}
                         spec = spec_class(dataset=dataset, arch=arch, attack=attack, seed=seed,
                                         defenses=tuple(self.defenses), reactivations=tuple(self.reactivations),
                                         defense_params=self.defense_params,
-                                        trigger_params=self.attack_params.get(attack, {}),
-                                        reactivation_params=self.reactivation_params, **self.cell)
+                                        reactivation_params=self.reactivation_params, **options, **self.cell)
                         spec.validate()
                         specs.append(spec)
         return specs

@@ -130,10 +130,52 @@ def _module(dm, seed=0, **kwargs):
                              augment=dm.augment, **kwargs), poison
 
 
-def test_batch_poisons_by_index_and_noise_rows_keep_their_labels():
+def test_default_backdoor_rows_are_per_batch_as_in_the_reference():
+    # BackdoorBench attack/wanet.py train_step: the first int(pratio * bs)
+    # rows of every shuffled batch, noise-mode rows next.
+    torch.manual_seed(0)
+    dm = SyntheticDataModule(channels=3, num_train=1280, num_test=16)
+    module, poison = _module(dm)
+    assert module.hparams.backdoor_rows == "per_batch"
+    x, y, idx = dm.train_set().__getitems__(list(range(128)))
+    y = torch.where(y == 0, torch.ones_like(y), y)  # no target-class rows: a flipped label marks a backdoor row
+    warped_rows = []
+    for _ in range(20):
+        xp, yp = module.prepare_batch(x, y, idx)
+        backdoor = yp != y
+        assert int(backdoor.sum()) == int(0.1 * 128)  # 12 of 128, every batch
+        assert torch.all(yp[backdoor] == 0)
+        assert torch.allclose(xp[backdoor], module.trigger(x[backdoor]))
+        changed = (xp != x).flatten(1).any(1) & ~backdoor
+        assert int(changed.sum()) == 2 * 12  # cross_ratio 2
+        assert not torch.allclose(xp[changed], module.trigger(x[changed]))  # noise mode, not the backdoor warp
+        warped_rows.append(backdoor)
+    # Different rows each batch, not the seeded poisoned indices: every image is
+    # sometimes backdoored and sometimes clean.
+    seen = torch.stack(warped_rows)
+    assert not torch.equal(seen[0], seen[1])
+    assert bool(seen.any(0).float().mean() > 0.8) and bool((~seen).any(0).all())
+    assert not torch.equal(seen[0], torch.isin(idx, poison))
+
+
+def test_per_batch_rows_below_one_per_batch_follow_generalize_to_lower_pratio():
+    torch.manual_seed(0)
+    dm = SyntheticDataModule(channels=3, num_train=1000, num_test=16)
+    model = build_model("small_cnn", dm.num_classes, dm.channels, dm.size, dm.mean, dm.std)
+    poison = dm.poison_indices(0.01, 0, 0)  # rate 0.01 x batch 32 = 0.32 rows per batch
+    module = WaNetAttackModule(model, dm.num_classes, build_trigger("wanet", dm.image_shape, seed=0), poison,
+                               dm.num_train, 0, cross_ratio=0.0)
+    x, y, idx = dm.train_set().__getitems__(list(range(32)))
+    y = torch.where(y == 0, torch.ones_like(y), y)
+    counts = torch.tensor([int((module.prepare_batch(x, y, idx)[1] != y).sum()) for _ in range(400)])
+    assert set(counts.tolist()) <= {0, 1}
+    assert abs(counts.float().mean().item() - 0.32) < 0.08
+
+
+def test_fixed_indices_option_poisons_by_index_and_noise_rows_keep_their_labels():
     torch.manual_seed(0)
     dm = SyntheticDataModule(channels=3, num_train=256, num_test=16)
-    module, poison = _module(dm)
+    module, poison = _module(dm, backdoor_rows="indices")
     x, y, idx = dm.train_set().__getitems__(list(range(128)))
     xp, yp = module.prepare_batch(x, y, idx)
     poisoned = torch.isin(idx, poison)
@@ -149,11 +191,11 @@ def test_batch_poisons_by_index_and_noise_rows_keep_their_labels():
 
 def test_cross_ratio_zero_and_batches_without_poison():
     dm = SyntheticDataModule(channels=3, num_train=256, num_test=16)
-    module, poison = _module(dm, cross_ratio=0.0)
+    module, poison = _module(dm, cross_ratio=0.0, backdoor_rows="indices")
     x, y, idx = dm.train_set().__getitems__(list(range(64)))
     xp, _ = module.prepare_batch(x, y, idx)
     assert torch.equal(xp[~torch.isin(idx, poison)], x[~torch.isin(idx, poison)])
-    module, poison = _module(dm)
+    module, poison = _module(dm, backdoor_rows="indices")
     clean = torch.nonzero(~torch.isin(torch.arange(256), poison)).flatten()[:32]
     x, y, idx = dm.train_set().__getitems__(clean.tolist())
     xp, yp = module.prepare_batch(x, y, idx)

@@ -42,7 +42,13 @@ class CellContext:
         self.poison_selection = "target" if self.preset.clean_label else spec.poison_selection
         self.poison_idx = dm.poison_indices(spec.poison_rate, spec.target_label, spec.seed,
                                             selection=self.poison_selection)
-        self.clean_idx = dm.clean_subset_indices(spec.clean_ratio, spec.seed, exclude=self.poison_idx)
+        # The defender's clean subset: clean pixels of any training index by
+        # default (BackdoorBench), or of never-poisoned ones only.
+        self.clean_idx = dm.clean_subset_indices(
+            spec.clean_ratio, spec.seed, exclude=self.poison_idx if spec.clean_subset == "non_poisoned" else None)
+        # Where the re-activation attacker's samples come from (non-target
+        # images by default: for SIG/LC the poisoned ones are all target-class).
+        self.attacker_pool = dm.attacker_pool(self.poison_idx, spec.target_label, spec.attacker_samples)
         # The jobs whose artifacts hold the trigger's state (set by the plan).
         self.trigger_job = None
         self.attack_job = None

@@ -24,7 +24,8 @@ def defense_job(ctx: CellContext, name: str, attack: StageJob) -> StageJob:
     params = ctx.planned(("defense", name, model_spec),
                          lambda: defense_module(ctx, name, ctx.plan_model(model_spec)).config())
     config = {"defense": name, "params": params,
-              "clean_ratio": ctx.spec.clean_ratio, "seed": ctx.spec.seed, "model": model_spec,
+              "clean_ratio": ctx.spec.clean_ratio, "clean_subset": ctx.spec.clean_subset, "seed": ctx.spec.seed,
+              "model": model_spec,
               "code": code_fingerprint(DEFENSES.get(name), DEFENSES.origin(name), training_module)}
     label = name if model_spec["arch"] == ctx.spec.arch else f"{name} ({model_spec['arch']})"
     return StageJob("defense", label, config, {"attack": attack}, lambda inputs: run_defense(ctx, name, inputs))

@@ -83,6 +83,7 @@ def reactivation_job(ctx: CellContext, method: str, attack: StageJob, victim: St
     method_config = ctx.planned(("reactivation", method, model_spec), lambda: reactivation_module(
         ctx, method, attack_target(cls, ctx.plan_model(model_spec), params, surrogates=None), params).config())
     config = {"method": method, "params": method_config, "inputs": "trigger" if use_trigger else "clean",
+              "attacker_samples": ctx.spec.attacker_samples,
               **({"surrogates": runner_params} if runner_params else {}),
               "code": code_fingerprint(cls, REACTIVATIONS.origin(method), oracle_module, training_module)}
     return StageJob(kind(use_trigger), label(method, model_label), config, deps,
@@ -119,7 +120,7 @@ def run_reactivation(ctx: CellContext, method: str, params: dict, use_trigger: b
     target = attack_target(cls, victim, params, surrogates)
     module = reactivation_module(ctx, method, target, params)
     h = module.hparams
-    idx = dm.attacker_indices(ctx.poison_idx, h.num_samples, s.seed)
+    idx = dm.attacker_indices(ctx.attacker_pool, h.num_samples, s.seed)
     data = dm.attacker_set(idx, ctx.trigger if use_trigger else None)
     loader = dm.loader(data, shuffle=True, batch_size=min(h.batch_size, len(data)), drop_last=True, seed=s.seed)
     ctx.trainers.fit(module, loader, h.epochs, precision=SEARCH_PRECISION)

@@ -42,7 +42,8 @@ def attack_job(ctx: CellContext, arch: str, trigger_job: StageJob | None) -> Sta
     """f_A of architecture `arch` (the cell's, or a transfer surrogate's)."""
     s = ctx.spec
     model_spec = ctx.model_spec(arch)
-    config = {"attack": s.attack, "trigger": ctx.trigger_config, "poison_rate": s.poison_rate,
+    config = {"attack": s.attack, "trigger": ctx.trigger_config, "module": s.attack_params,
+              "poison_rate": s.poison_rate,
               "poison_selection": ctx.poison_selection, "target_label": s.target_label,
               "data": ctx.dm.identity(), "model": model_spec, "train": ctx.train_spec(),
               "code": training_code(ctx, model_spec, s.attack)}
@@ -62,15 +63,17 @@ def train(ctx: CellContext, model_spec: dict, trigger) -> tuple[dict, dict]:
     ctx.seed_everything()
     preset = ATTACKS.get(s.attack if trigger is not None else "clean")
     poison_idx = ctx.poison_idx if trigger is not None else torch.empty(0, dtype=torch.long)
+    # The attack's own options (`attack_params` routed to its module) train f_A only.
+    options = s.attack_params if trigger is not None else {}
     module = preset.module_class()(ctx.new_model(model_spec), dm.num_classes, trigger, poison_idx, dm.num_train,
-                                   s.target_label, lr=s.lr, augment=dm.augment)
+                                   s.target_label, lr=s.lr, augment=dm.augment, **options)
     if ctx.trainers.compile:
         # in place: the state dict keeps its names (export, checkpoints)
         module.model.compile()
     order_seed = s.seed
     if trigger is None and s.clean_data_order == "own":
         order_seed += CLEAN_ORDER_OFFSET
-    ctx.trainers.fit(module, dm.loader(dm.train_set(), shuffle=True, seed=order_seed), s.epochs)
+    ctx.trainers.fit(module, dm.loader(dm.train_set(), shuffle=True, seed=order_seed), module.fit_epochs(s.epochs))
     tensors = module.export_weights()
     if trigger is not None and trigger.learned_in_attack:
         tensors.update({STATE_PREFIX + k: v.detach().cpu().contiguous() for k, v in trigger.state_dict().items()})

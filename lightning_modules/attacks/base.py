@@ -45,6 +45,19 @@ class AttackModule(BackdoorStage):
         if mask.any() and trigger is None:
             raise ValueError("poison indices given but no trigger")
         self.register_buffer("poison_mask", mask, persistent=False)
+        # a host-side number: reading it from the (device) mask every step would sync
+        self._poisoned_fraction = float(mask.float().mean()) if num_train else 0.0
+
+    def fit_epochs(self, cell_epochs: int) -> int:
+        """How many epochs the attack stage fits this module for, given the
+        cell's `epochs` (an attack with a stage of its own before, such as
+        Input-Aware's mask generator, may count it against that budget)."""
+        return cell_epochs
+
+    def poisoned_fraction(self) -> float:
+        """The poisoned fraction of the training set (the rate per-batch
+        poisoning applies to every batch)."""
+        return self._poisoned_fraction
 
     #: poison by computing the trigger on every row and keeping it where a row
     #: is poisoned (torch.where): no host synchronisation, the GPU path. None
@@ -70,3 +83,14 @@ class AttackModule(BackdoorStage):
         x[poisoned] = self.trigger.poison(x[poisoned], idx[poisoned]).to(x.dtype)
         y[poisoned] = self.hparams.target_label
         return x, y
+
+
+def per_batch_count(rate: float, batch_size: int) -> int:
+    """How many rows of a batch per-batch poisoning poisons: int(rate * B),
+    and below one row per batch one row with probability rate * B
+    (BackdoorBench's `generalize_to_lower_pratio`, used by its WaNet and
+    Input-Aware training steps)."""
+    expected = rate * batch_size
+    if expected >= 1:
+        return int(expected)
+    return int(torch.rand(()) < expected)
