@@ -109,10 +109,15 @@ def defense_training(bench: Bench) -> Pair:
 
 # ---- 3. WBA: white-box delta updates -----------------------------------------------------------------
 
+# The attacker's samples are drawn from the poisoned indices as drawn (the
+# suite's `attacker_samples: poisoned`): speed does not depend on which
+# images they are, and the sizes count exactly that many.
+
+
 def wba_steps(bench: Bench) -> Pair:
     s, dm = bench.sizes, bench.dm
     cls = REACTIVATIONS.get("wba")
-    attacker_idx = dm.attacker_indices(dm.attacker_pool(bench.poison_idx, TARGET_LABEL), s.wba_samples, SEED)
+    attacker_idx = dm.attacker_indices(bench.poison_idx, s.wba_samples, SEED)
     data = dm.attacker_set(attacker_idx, bench.trigger)
     victim = bench.new_model()  # frozen by the method; shared by both sides (its weights never change)
 
@@ -166,7 +171,7 @@ def wba_steps(bench: Bench) -> Pair:
 def qbra_queries(bench: Bench) -> Pair:
     s, dm = bench.sizes, bench.dm
     cls = REACTIVATIONS.get("qbra")
-    attacker_idx = dm.attacker_indices(dm.attacker_pool(bench.poison_idx, TARGET_LABEL), s.query_samples, SEED)
+    attacker_idx = dm.attacker_indices(bench.poison_idx, s.query_samples, SEED)
     data = dm.attacker_set(attacker_idx, bench.trigger)
     victim = bench.new_model()
 

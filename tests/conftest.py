@@ -25,7 +25,7 @@ FAST_REACTIVATION = {"wba": {"epochs": 2, "num_samples": 32, "batch_size": 16}}
 FAST_TRIGGER_PARAMS = {
     "badnets": {"size": 4}, "blended": {}, "wanet": {}, "sig": {},
     "ssba": {"max_steps": 20, "width": 8}, "lf": {"max_passes": 1, "num_images": 8, "deepfool_iterations": 20},
-    "trojannn": {"iterations": 20}, "input_aware": {"max_mask_steps": 4},
+    "trojannn": {"iterations": 20}, "input_aware": {"max_mask_steps": 4, "mask_epochs": 1},
     "lc": {"robust_epochs": 1, "max_robust_steps": 4, "steps": 5},
 }
 

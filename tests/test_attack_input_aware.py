@@ -6,12 +6,14 @@ Tiny networks (8 base channels, 2 stages) on 1x16x16 synthetic images keep
 every test within a few seconds on the CPU."""
 import copy
 import inspect
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import benchmark.triggers.input_aware as iad
+from benchmark.checkpoints import JobCheckpoints
 from benchmark.errors import ConfigError
 from benchmark.models import build_model
 from benchmark.schema import validate_params
@@ -80,6 +82,9 @@ def test_defaults_are_backdoorbench_cifar10():
     assert (m["cross_ratio"], m["lr_schedule"], m["augment_first"]) == (1.0, "constant", True)
     # int(pratio * batch) random rows of every batch (not fixed images).
     assert m["backdoor_rows"] == "per_batch"
+    # G's gradient never zeroed in the joint stage (only optimizerC.zero_grad());
+    # one `epochs` for mask + joint epochs (25 + 75 of 100).
+    assert (m["generator_gradients"], m["epoch_budget"]) == ("accumulate", "total")
 
 
 def test_registered_as_data_prepared_and_learned_in_attack():
@@ -389,3 +394,79 @@ def test_a_training_epoch_trains_the_trigger_generator_in_place_and_not_the_mask
     assert len(seen) == 2
     loaded = dm.train_images[:32].float() / 255
     assert torch.equal(seen[0], loaded) == augment_first
+
+
+# ---- G's accumulated gradient ------------------------------------------------------------------
+class GradientRecorder(InputAwareAttackModule):
+    """Records G's gradients just before and just after each backward pass."""
+
+    def manual_backward(self, loss, *args, **kwargs):
+        grads = lambda: [None if p.grad is None else p.grad.clone()  # noqa: E731
+                         for p in self.pattern_generator.parameters()]
+        before = grads()
+        super().manual_backward(loss, *args, **kwargs)
+        self.records.append((before, grads()))
+
+
+def recorded_fit(generator_gradients: str):
+    dm = synthetic(num_train=64)  # two batches of 32, each with int(0.203 * 32) = 6 backdoor rows
+    torch.manual_seed(0)
+    trigger = InputAwareTrigger(SHAPE, **TINY)
+    model = build_model("small_cnn", 4, 1, 16, (0.5,), (0.25,))
+    module = GradientRecorder(model, 4, trigger, torch.arange(0, 64, 5), 64, lr=0.05,
+                              generator_gradients=generator_gradients)
+    module.records = []
+    TrainerFactory("cpu", progress=False).fit(module, dm.loader(dm.train_set(), batch_size=32), 1)
+    return module
+
+
+def test_generator_gradient_accumulates_over_steps_by_default():
+    # BackdoorBench attack/inputaware.py train_step and the original train.py
+    # zero only the classifier's gradients: G's .grad is the running sum.
+    module = recorded_fit("accumulate")
+    (before1, grad1), (before2, after2) = module.records
+    assert all(g is None for g in before1)                      # the joint stage starts without one
+    assert all(torch.equal(b, g) for b, g in zip(before2, grad1))  # not zeroed before step 2
+    final = [p.grad for p in module.pattern_generator.parameters()]
+    for g1, b2, a2, f in zip(grad1, before2, after2, final):
+        step2 = a2 - b2
+        assert step2.abs().sum() > 0
+        assert torch.allclose(f, g1 + step2)                    # grad after step 2 = grad1 + grad2
+    # Standard Adam: zeroed before every step.
+    per_step = recorded_fit("per_step")
+    assert all(g is None for g in per_step.records[1][0])
+
+
+def test_accumulated_generator_gradient_survives_a_resume(tmp_path):
+    def run(directory: Path, epochs: int):
+        dm = synthetic(num_train=64)
+        torch.manual_seed(0)
+        trigger = InputAwareTrigger(SHAPE, **TINY)
+        module = attack_module(trigger, num_train=64)
+        trainers = TrainerFactory("cpu", progress=False)
+        trainers.checkpoints = JobCheckpoints(directory)
+        torch.manual_seed(1)
+        trainers.fit(module, dm.loader(dm.train_set(), batch_size=32, shuffle=True, seed=0), epochs)
+        return module
+
+    whole = run(tmp_path / "whole", 2)
+    run(tmp_path / "resumed", 1)            # stopped after epoch 1: its checkpoint holds G's sum
+    resumed = run(tmp_path / "resumed", 2)  # a new process would build the module again
+    for a, b in zip(whole.pattern_generator.parameters(), resumed.pattern_generator.parameters()):
+        assert torch.equal(a.grad, b.grad)
+        assert torch.equal(a, b)
+
+
+# ---- epochs ----------------------------------------------------------------------------------
+def test_cell_epochs_count_mask_and_joint_epochs_by_default():
+    # BackdoorBench: epochs 100 = clean_train_epochs 25 + 75 joint epochs.
+    module = attack_module(InputAwareTrigger(SHAPE, **TINY))
+    assert module.fit_epochs(100) == 75
+    assert attack_module(InputAwareTrigger(SHAPE, mask_epochs=1, **TINY)).fit_epochs(4) == 3
+    # The configured mask epochs count, even when max_mask_steps cuts the stage short.
+    assert attack_module(InputAwareTrigger(SHAPE, max_mask_steps=4, **TINY)).fit_epochs(30) == 5
+    with pytest.raises(ConfigError, match="epochs=25 is not allowed with mask_epochs=25.*more than 25"):
+        module.fit_epochs(25)
+    # "joint": the cell's epochs are the joint epochs alone.
+    joint = attack_module(InputAwareTrigger(SHAPE, **TINY), epoch_budget="joint")
+    assert joint.fit_epochs(100) == 100 and joint.fit_epochs(3) == 3

@@ -1,6 +1,6 @@
-"""TrojanNN: neuron selection on the clean model's head, the masked PGD
-toward high neuron values, the mask, additive poisoning with clipping and the
-preset."""
+"""TrojanNN: neuron selection (BackdoorBench's random head, or the clean
+model's head), the masked PGD toward high neuron values, the mask, additive
+poisoning in 8-bit levels (wrapping modulo 256, or clipping) and the preset."""
 import inspect
 
 import pytest
@@ -56,8 +56,11 @@ def test_defaults_are_backdoorbench_values():
     # config/attack/trojannn/preactresnet18.yaml and attack/trojannn.py's PGD defaults
     defaults = {name: p.default for name, p in inspect.signature(tj.TrojanNNTrigger).parameters.items()
                 if name != "image_shape"}
+    # attack/trojannn.py: uint8 sum wrapped before the clip; neurons ranked on a
+    # freshly initialised 1000-class head.
     assert defaults == {"num_neurons": 2, "target_value": 100.0, "iterations": 1000, "step_size": 0.1,
-                        "epsilon": 0.3, "tolerance": 1e-3, "mask_shape": "apple", "mask_path": None}
+                        "epsilon": 0.3, "tolerance": 1e-3, "mask_shape": "apple", "mask_path": None,
+                        "overflow": "wrap", "neuron_ranking": "random_head", "random_head_outputs": 1000}
     assert TRIGGERS.get("trojannn") is tj.TrojanNNTrigger
     assert tj.TrojanNNTrigger.preparation == "clean_model"
 
@@ -72,9 +75,35 @@ def test_neuron_selection_ranks_absolute_column_sums_of_the_real_head():
         head.weight[:, 5] = torch.tensor([2.0, 2.0, 2.0, 2.0])      # 8
         head.weight[0, 40] = 7.0                                   # ~7: one large entry
     assert tj.most_connected_neurons(head.weight, 3).tolist() == [17, 5, 40]
-    trigger = tj.TrojanNNTrigger(SHAPE, iterations=1)
+    trigger = tj.TrojanNNTrigger(SHAPE, iterations=1, neuron_ranking="trained_head")
     trigger.prepare(context(model))
     assert trigger.neuron_indices.tolist() == [17, 5]
+
+
+def test_default_neuron_ranking_is_backdoorbenchs_random_head():
+    # BackdoorBench ranks on a 1000-class model whose head the 10-class
+    # checkpoint does not fill: a freshly initialised Linear(512, 1000).
+    model = small_model()
+    head = model.submodule(model.head_layer)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.weight[:, 17] = 5.0    # the trained head's choice plays no part
+    trigger = tj.TrojanNNTrigger(SHAPE, iterations=1)
+    trigger.prepare(context(model, seed=0))
+    ctx = context(model, seed=0)
+    weight = tj.random_head_weight(1000, head.in_features, ctx.generator(offset=tj.RANDOM_HEAD_OFFSET))
+    assert weight.shape == (1000, 64) and weight.abs().max() <= 1 / 8   # uniform in +-1/sqrt(64)
+    assert trigger.neuron_indices.tolist() == tj.most_connected_neurons(weight, 2).tolist()
+    # A function of the cell's seed.
+    again = tj.TrojanNNTrigger(SHAPE, iterations=1)
+    again.prepare(context(model, seed=0))
+    assert torch.equal(again.neuron_indices, trigger.neuron_indices)
+    others = set()
+    for seed in (1, 2, 3):
+        other = tj.TrojanNNTrigger(SHAPE, iterations=1)
+        other.prepare(context(model, seed=seed))
+        others.add(tuple(other.neuron_indices.tolist()))
+    assert others - {tuple(trigger.neuron_indices.tolist())}
 
 
 def test_apple_mask_is_about_seven_percent_at_the_bottom_right():
@@ -132,7 +161,7 @@ def test_trigger_is_masked_and_within_epsilon_of_white(prepared):
 def test_trigger_is_deterministic(prepared):
     trigger, model = prepared
     again = tj.TrojanNNTrigger(SHAPE, **FAST)
-    again.prepare(context(model, seed=3))
+    again.prepare(context(model))
     assert torch.equal(again.pattern, trigger.pattern)
     assert torch.equal(again.neuron_indices, trigger.neuron_indices)
     # No hook is left behind on the clean model.
@@ -145,15 +174,47 @@ def test_tolerance_stops_the_pgd_early():
     assert trigger.steps_taken == 1
 
 
-def test_poisoning_adds_and_clips_without_wrap_around(prepared):
-    trigger, _ = prepared
+def trigger_with_pattern(value: float, **params) -> tj.TrojanNNTrigger:
+    trigger = tj.TrojanNNTrigger(SHAPE, **params)
+    mask = trigger.mask.clone()
+    trigger.load_state_dict({"pattern": mask * value, "mask": mask, "neuron_indices": torch.tensor([0, 1])})
+    return trigger
+
+
+def test_poisoning_wraps_modulo_256_by_default():
+    # BackdoorBench attack/trojannn.py TrojanTrigger: (img + trigger).astype("uint8"), then the clip.
+    trigger = trigger_with_pattern(100 / 255)
     mask = trigger.mask.bool()
-    x = torch.full((2, *SHAPE), 0.9)
+    x = torch.full((2, *SHAPE), 200 / 255)
     out = trigger(x)
-    assert torch.equal(out, (x + trigger.pattern).clamp(0, 1))
-    # 0.9 + >= 0.7 exceeds 1: saturates at white (BackdoorBench's uint8 cast would wrap to dark).
+    assert torch.equal(out[:, mask], torch.full_like(out[:, mask], (300 % 256) / 255))
+    assert torch.equal(out[:, ~mask], x[:, ~mask])
+    # Below 256 the sum is plain: 50 + 100 = 150.
+    dark = trigger(torch.full((1, *SHAPE), 50 / 255))
+    assert torch.equal(dark[:, mask], torch.full_like(dark[:, mask], 150 / 255))
+
+
+def test_poisoning_clips_with_the_clip_option():
+    trigger = trigger_with_pattern(100 / 255, overflow="clip")
+    mask = trigger.mask.bool()
+    x = torch.full((2, *SHAPE), 200 / 255)
+    out = trigger(x)
     assert torch.equal(out[:, mask], torch.ones_like(out[:, mask]))
     assert torch.equal(out[:, ~mask], x[:, ~mask])
+
+
+def test_poisoning_in_8_bit_levels(prepared):
+    trigger, _ = prepared
+    x = torch.randint(0, 256, (3, *SHAPE)).float() / 255
+    out = trigger(x)
+    levels = (torch.round(x * 255) + torch.round(trigger.pattern * 255)) % 256
+    assert torch.equal(out, levels / 255)
+    assert torch.equal(out * 255, (out * 255).round())      # stays on the uint8 grid
+    # The prepared trigger is 178..255 inside the mask: bright pixels wrap to dark.
+    white = trigger(torch.ones(1, *SHAPE))
+    assert (white[:, trigger.mask.bool()] < 1).all()
+    with pytest.raises(ConfigError, match="overflow='saturate'"):
+        tj.TrojanNNTrigger(SHAPE, overflow="saturate")
 
 
 def test_state_round_trip_and_unprepared_use(prepared):

@@ -43,7 +43,7 @@ def test_defaults_are_backdoorbench_er_cifar10():
                 if p.default is not inspect.Parameter.empty}
     assert defaults == {"target_label": 0, "augment": None, "epochs": 100, "batch_size": 256, "lr": 0.01,
                         "momentum": 0.9, "weight_decay": 5e-4, "alpha": 0.2, "reinit_bias": False,
-                        "rescale_at_init": True, "train_augment": False}
+                        "rescale_at_init": True, "train_augment": False, "mixed_precision": False}
     assert OFFICIAL_PARAMS["epochs"] == 10 and OFFICIAL_PARAMS["weight_decay"] == 0.0
     assert OFFICIAL_PARAMS["reinit_bias"] and not OFFICIAL_PARAMS["rescale_at_init"]
 

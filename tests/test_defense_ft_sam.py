@@ -24,7 +24,8 @@ def test_defaults_are_backdoorbench_cifar10():
                 if p.default is not inspect.Parameter.empty}
     assert defaults == {"target_label": 0, "augment": None, "epochs": 100, "batch_size": 256, "lr": 0.01,
                         "momentum": 0.9, "weight_decay": 5e-4, "rho": 2.0, "adaptive": True,
-                        "label_smoothing": 0.1, "alpha": 0.0, "lr_schedule": "cosine-t100"}
+                        "label_smoothing": 0.1, "alpha": 0.0, "lr_schedule": "cosine-t100",
+                        "mixed_precision": False}
 
 
 @pytest.mark.parametrize("bad", [{"rho": -1.0}, {"label_smoothing": 1.0}, {"lr_schedule": "step"},

@@ -42,10 +42,21 @@ def test_registered_with_reference_defaults():
     assert defaults == {"target_label": 0, "augment": None, "epochs": 5, "fixed_point_steps": 5, "batch_size": 256,
                         "lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.0, "inner_lr": 10.0,
                         "fixed_point_lr": 0.1, "perturbation_reg": 0.001, "perturbed_fraction": 0.01,
-                        "perturbation_space": "normalized", "fixed_point_tol": 1e-10, "mixed_precision": False}
+                        "perturbation_space": "normalized", "fixed_point_tol": 1e-10, "mixed_precision": False,
+                        "amsgrad": True}
     assert IBAU.model_train_mode is False
     config = IBAU(small_model(), 4).config()
     assert "momentum" not in config and config["epochs"] == 5
+
+
+def test_optimizer_is_backdoorbenchs_amsgrad_adam():
+    # BackdoorBench utils/aggregate_block/train_settings_generate.py builds
+    # Adam(amsgrad=True) for `client_optimizer: adam`; the original I-BAU plain Adam.
+    opt = IBAU(small_model(), 4).configure_optimizers()
+    assert isinstance(opt, torch.optim.Adam)
+    group = opt.param_groups[0]
+    assert group["amsgrad"] is True and group["betas"] == (0.9, 0.999) and group["lr"] == 1e-4
+    assert IBAU(small_model(), 4, amsgrad=False).configure_optimizers().param_groups[0]["amsgrad"] is False
 
 
 @pytest.mark.parametrize("params,match", [

@@ -112,6 +112,29 @@ def test_finds_the_planted_label_and_unlearns_with_its_trigger():
     assert not torch.equal(before["head.weight"], nc.model.state_dict()["head.weight"])
 
 
+@pytest.mark.parametrize("export", ["fine_tuned", "backdoorbench"])
+def test_backdoorbench_export_saves_the_untouched_backdoored_weights(export):
+    # BackdoorBench defense/nc.py fine-tunes one model object and, with a label
+    # flagged, saves another built from f_A's weights (never trained).
+    regions = [(*PATCH, 2.0)] + [(r, c, 1.0) for r, c in CORNERS]
+    data = block_images(200, CORNERS)
+    nc = NeuralCleanse(RegionModel(regions), len(regions), nc_epochs=25, batch_size=50, epochs=1, lr=0.5,
+                       export=export)
+    backdoored = {k: v.clone() for k, v in nc.model.state_dict().items()}
+    run_defense(nc, data)
+    assert nc.report["flagged_labels"] == [0]
+    fine_tuned = nc.model.state_dict()
+    assert not torch.equal(fine_tuned["head.weight"], backdoored["head.weight"])  # it did fine-tune
+    exported = nc.export_weights()
+    assert list(exported) == list(backdoored)
+    if export == "backdoorbench":
+        assert all(torch.equal(exported[k], backdoored[k]) for k in backdoored)
+        assert nc.report["exported"] == "backdoored"
+    else:
+        assert all(torch.equal(exported[k], fine_tuned[k]) for k in fine_tuned)
+        assert "exported" not in nc.report
+
+
 def test_nothing_flagged_returns_the_model_bit_for_bit():
     # Masks of ~4, 8, 12, 16 pixels: evenly spread norms have no low outlier
     # (anomaly index 1/1.4826 = 0.674).
@@ -220,7 +243,7 @@ def test_defaults_are_backdoorbench_cifar10():
                         "init_cost": 1e-3, "atk_succ_threshold": 98.0, "early_stop": True,
                         "early_stop_threshold": 0.99, "early_stop_patience": 25, "patience": 5,
                         "cost_multiplier": 2.0, "epsilon": 1e-7, "unlearning_ratio": 0.2,
-                        "stretched_trigger": False}
+                        "stretched_trigger": False, "export": "fine_tuned"}
 
 
 @pytest.mark.parametrize("param,value", [("nc_epochs", 0), ("mask_lr", 0.0), ("unlearning_ratio", 0.0),

@@ -41,11 +41,21 @@ def test_registered_with_reference_defaults():
                         "betas": (0.9, 0.999), "weight_decay": 0.0, "norm_type": "L_inf", "trigger_norm": 0.2,
                         "adv_lr": 0.2, "adv_steps": 5, "pgd_init": "max", "beta_1": 0.01, "beta_2": 1.0,
                         "lmd_1": 1.0, "lmd_2": 0.0, "lmd_3": 1.0, "outer_steps": 1, "train_mode": False,
-                        "clip_images": False, "mixed_precision": False}
+                        "clip_images": False, "mixed_precision": False, "amsgrad": True}
     assert SAU.model_train_mode is False
     module = SAU(small_model(), 4, augment=lambda x: x.flip(-1))
     assert module.augment is None  # the reference trains with the test transform
     assert "momentum" not in module.config()
+
+
+def test_optimizer_is_backdoorbenchs_amsgrad_adam():
+    # BackdoorBench defense/sau.py builds its optimiser with argparser_opt_scheduler
+    # (utils/aggregate_block/train_settings_generate.py): Adam(amsgrad=True).
+    opt = SAU(small_model(), 4).configure_optimizers()
+    assert isinstance(opt, torch.optim.Adam)
+    group = opt.param_groups[0]
+    assert group["amsgrad"] is True and group["betas"] == (0.9, 0.999) and group["lr"] == 1e-4
+    assert SAU(small_model(), 4, amsgrad=False).configure_optimizers().param_groups[0]["amsgrad"] is False
 
 
 @pytest.mark.parametrize("params,match", [

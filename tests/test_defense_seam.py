@@ -22,7 +22,8 @@ def test_defaults_are_the_toolbox_ones():
                 if p.default is not inspect.Parameter.empty}
     assert defaults == {"target_label": 0, "augment": None, "epochs": 100, "forget_epochs": 10, "batch_size": 32,
                         "lr": 1e-3, "weight_decay": 0.0, "forget_fraction": 0.1, "forget_accuracy": None,
-                        "recovery_accuracy": 0.97, "train_augment": False}
+                        "recovery_accuracy": 0.97, "train_augment": False,
+                        "mixed_precision": False}
     model = build_model("small_cnn", 10, 1, 16, [0.5], [0.25])
     assert SelectiveAmnesia(model, 10).forget_bound == pytest.approx(0.2)  # min(2/C, 0.6)
     assert SelectiveAmnesia(model, 3).forget_bound == pytest.approx(0.6)

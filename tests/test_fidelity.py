@@ -4,8 +4,11 @@ import inspect
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from benchmark.models import build_model
+from benchmark.training import TrainerFactory
+from datamodules.tensor_dataset import IndexedImages, keep_batch
 from benchmark.stages.training import train
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
@@ -134,3 +137,41 @@ def test_bec_ranks_channels_on_more_pairs_than_it_compares(make_cell, monkeypatc
                         lambda m, ch, x: sizes.setdefault("compare", len(x)) and select(m, ch, x))
     cell.execute(cell.job("bec", "S(f_A, clean)"))
     assert sizes == {"rank": 80, "compare": 32}
+
+
+# ---- precision: the defenses whose reference loops never autocast ----------------------------
+FP32_REFERENCE = {
+    # BackdoorBench defense/ft-sam.py (`_train_sam`, SAM.step: no autocast, the yaml's amp unused)
+    "ft-sam": {"epochs": 1, "batch_size": 8},
+    # BackdoorBenchER defense/fst.py (fp32 loop)
+    "fst": {"epochs": 1, "batch_size": 8},
+    # backdoor-toolbox other_defenses_tool_box/SEAM.py (fp32 loops)
+    "seam": {"epochs": 1, "batch_size": 8, "forget_epochs": 0},
+}
+
+
+def _training_head_dtypes(name: str, **params) -> set:
+    """Dtypes of the head's output in the training passes of a one-epoch fit
+    under the trainer's bf16 autocast (on the CPU here, as on a GPU)."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 4, 1, 16, (0.5,), (0.25,))
+    module = DEFENSES.get(name)(model, 4, **FP32_REFERENCE[name], **params)
+    gen = torch.Generator().manual_seed(0)
+    dataset = IndexedImages(torch.randint(0, 256, (16, 1, 16, 16), dtype=torch.uint8, generator=gen),
+                            torch.arange(16) % 4)
+    module.prepare(dataset, fit=None)
+    seen = set()
+    head = model.get_submodule(model.head_layer)
+    head.register_forward_hook(lambda m, i, o: seen.add(o.dtype) if torch.is_grad_enabled() else None)
+    loader = DataLoader(dataset, batch_size=8, shuffle=True, collate_fn=keep_batch,
+                        generator=torch.Generator().manual_seed(0))
+    TrainerFactory("cpu", progress=False, precision="bf16-mixed").fit(module, loader, epochs=1)
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(FP32_REFERENCE))
+def test_fp32_reference_defenses_train_in_full_precision_by_default(name):
+    assert _defaults(DEFENSES.get(name))["mixed_precision"] is False
+    assert _training_head_dtypes(name) == {torch.float32}
+    # The option keeps the trainer's autocast.
+    assert _training_head_dtypes(name, mixed_precision=True) == {torch.bfloat16}

@@ -215,3 +215,10 @@ def test_help_lists_every_attack_option():
     for option in ("backdoor_rows='per_batch'", "cross_ratio=2.0", "augmentation_draws='per_batch'"):
         assert option in text
     assert "--attack-params" in text
+
+
+def test_an_attack_epoch_budget_it_cannot_meet_fails_at_planning(make_cell):
+    # Input-Aware counts its mask epochs against the cell's (BackdoorBench:
+    # 25 mask + 75 joint = 100): 2 epochs with 25 mask epochs cannot be planned.
+    with pytest.raises(ConfigError, match="mask_epochs=25"):
+        make_cell(attack="input_aware", epochs=2, trigger_params={"max_mask_steps": 4})

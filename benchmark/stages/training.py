@@ -49,6 +49,10 @@ def attack_job(ctx: CellContext, arch: str, trigger_job: StageJob | None) -> Sta
               "code": training_code(ctx, model_spec, s.attack)}
     deps = {"trigger": trigger_job} if trigger_job is not None else {}
     label = s.attack if arch == s.arch else f"{s.attack} ({arch})"
+    # The module on a throw-away model: its options and its epoch budget
+    # (Input-Aware's mask epochs count against the cell's) fail now, not after f_C.
+    ctx.planned(("attack module", s.attack, model_spec), lambda: attack_module(
+        ctx, ctx.plan_model(model_spec), ctx.new_trigger(), ctx.poison_idx).fit_epochs(s.epochs))
 
     def run(inputs):
         return train(ctx, model_spec, ctx.trigger_with_state(prepared=inputs.get("trigger")))
@@ -56,17 +60,24 @@ def attack_job(ctx: CellContext, arch: str, trigger_job: StageJob | None) -> Sta
     return StageJob("attack", label, config, deps, run)
 
 
+def attack_module(ctx: CellContext, model, trigger, poison_idx):
+    """The attack's LightningModule (the clean preset's when `trigger` is
+    None). The attack's own options (`attack_params`, routed to its module)
+    train f_A only."""
+    s, dm = ctx.spec, ctx.dm
+    preset = ATTACKS.get(s.attack if trigger is not None else "clean")
+    options = s.attack_params if trigger is not None else {}
+    return preset.module_class()(model, dm.num_classes, trigger, poison_idx, dm.num_train, s.target_label,
+                                 lr=s.lr, augment=dm.augment, **options)
+
+
 def train(ctx: CellContext, model_spec: dict, trigger) -> tuple[dict, dict]:
     """Train f_C (trigger None) or f_A; returns (metrics, weights). A trigger
     learned during the attack is saved beside the weights."""
     s, dm = ctx.spec, ctx.dm
     ctx.seed_everything()
-    preset = ATTACKS.get(s.attack if trigger is not None else "clean")
     poison_idx = ctx.poison_idx if trigger is not None else torch.empty(0, dtype=torch.long)
-    # The attack's own options (`attack_params` routed to its module) train f_A only.
-    options = s.attack_params if trigger is not None else {}
-    module = preset.module_class()(ctx.new_model(model_spec), dm.num_classes, trigger, poison_idx, dm.num_train,
-                                   s.target_label, lr=s.lr, augment=dm.augment, **options)
+    module = attack_module(ctx, ctx.new_model(model_spec), trigger, poison_idx)
     if ctx.trainers.compile:
         # in place: the state dict keeps its names (export, checkpoints)
         module.model.compile()

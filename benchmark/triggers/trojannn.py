@@ -1,7 +1,7 @@
 """TrojanNN (Liu et al., NDSS 2018), as BackdoorBench's data-poisoning variant:
 a masked patch optimised on the clean model f_C to drive a few strongly
-connected neurons to a high value, then added to the poisoned images,
-x' = clip(x + trigger, 0, 1).
+connected neurons to a high value, then added to the poisoned images in
+8-bit levels, x' = ((255 x + 255 t) mod 256) / 255.
 
 Reference: BackdoorBench attack/trojannn.py (get_most_connected_neuron_idxes,
 pgd_with_mask_to_selected_neuron, TrojanTrigger),
@@ -11,7 +11,9 @@ alpha 0.1, tolerance 1e-3 are that file's function defaults). As there:
 
 1. neurons = the inputs of the model's classifier head (`model.head_layer`,
    the 512 pooled features of PreAct-ResNet18), ranked by the column sums of
-   |W_head|; the top `num_neurons` (2) are kept;
+   |W| of a head weight W; the top `num_neurons` (2) are kept. Which W is
+   `neuron_ranking`'s choice (below); by default, as BackdoorBench, a
+   randomly initialised head;
 2. the initial trigger is the mask image (white inside the mask, 0 outside);
    the keep-mask is where it is > 0;
 3. PGD, `iterations` (1000) steps of signed-gradient descent with step
@@ -22,17 +24,37 @@ alpha 0.1, tolerance 1e-3 are that file's function defaults). As there:
    hook); it stops early once the cost is below `tolerance` (1e-3);
 4. the trigger is the optimised image (zero outside the mask, as no gradient
    reaches it there), truncated to 1/255 steps as the reference's uint8
-   conversion does.
+   conversion does;
+5. poisoning adds the trigger to the image in 8-bit levels, as
+   BackdoorBench's `TrojanTrigger.add_trigger` (attack/trojannn.py, around
+   lines 129-130) does: it casts the float sum of two uint8 images to uint8
+   *before* clipping, so a sum above 255 wraps modulo 256 (200 + 100 = 300
+   -> 44) and the clip after the cast does nothing. Inside the mask the
+   trigger's levels are 178-255 (PGD keeps it within epsilon 0.3 of white),
+   so the trigger darkens bright pixels and brightens dark ones: an
+   image-dependent texture, not a white patch. Images are taken in 8-bit
+   levels (round(255 x), x in [0, 1], as the suite's images are uint8 / 255)
+   and the result is returned as levels / 255.
+
+Options:
+
+- `neuron_ranking`. "random_head" (the default) is BackdoorBench's ranking:
+  its ranking model is built with 1000 classes (attack/trojannn.py,
+  `stage1_non_training_data_prepare`), so `partially_load_state_dict` skips
+  the 10-class checkpoint's head and the neurons are ranked on the column
+  sums of a freshly initialised 1000 x 512 head (PyTorch's Linear default,
+  uniform in +-1/sqrt(512)): in effect a random choice of neurons. Here that
+  head is drawn, `random_head_outputs` (1000) rows uniform in
+  +-1/sqrt(features), from a generator seeded by the cell's seed. "trained_head"
+  ranks on f_C's actual head weights, which is what the method intends; it
+  is a deviation from BackdoorBench.
+- `overflow`. "wrap" (the default) is BackdoorBench's modulo-256 sum (step
+  5). "clip" clips the sum to 0..255 instead, which saturates most of the
+  mask to white: a BadNets-like white patch, easier to learn than the
+  reference's texture and not comparable with BackdoorBench-derived numbers.
 
 Deviations from the reference, each named:
 
-- Neuron ranking on the real head. BackdoorBench builds the ranking model with
-  1000 classes, so `partially_load_state_dict` skips the 10-class checkpoint's
-  head and the neurons are ranked on random weights. Here they are ranked on
-  f_C's actual head weights, which is what the method intends.
-- Clipping. BackdoorBench's TrojanTrigger casts x + trigger to uint8 before
-  clipping, so sums above 255 wrap around (420 -> 164). Here the sum is
-  clipped to [0, 1]; a deliberate fix.
 - Normalisation. BackdoorBench's PGD feeds [0, 1] images to a model trained on
   normalised ones; the suite's ImageClassifier normalises internally, so the
   PGD sees the trigger in the same space as the poisoned images.
@@ -61,12 +83,16 @@ import torch
 from benchmark.errors import ConfigError, DataNotFoundError
 from benchmark.schema import LinfBudget, NonNegativeFloat, PositiveFloat, PositiveInt
 from benchmark.triggers import TRIGGERS
-from benchmark.triggers.base import AdditiveTrigger
+from benchmark.triggers.base import AdditiveTrigger, on_device
 
 #: the reference mask image's side, in pixels: the shapes below are measured on it
 REFERENCE_SIDE = 224
 #: supersampling per pixel side when rasterising a shape
 SUPERSAMPLING = 8
+#: 8-bit levels: images and trigger are added as integers 0..255
+LEVELS = 255
+#: seed offset of the random ranking head's generator (its own stream)
+RANDOM_HEAD_OFFSET = 20_011
 
 
 @TRIGGERS.register("trojannn")
@@ -76,8 +102,19 @@ class TrojanNNTrigger(AdditiveTrigger):
     def __init__(self, image_shape: tuple[int, int, int], num_neurons: PositiveInt = 2,
                  target_value: float = 100.0, iterations: PositiveInt = 1000, step_size: PositiveFloat = 0.1,
                  epsilon: LinfBudget = 0.3, tolerance: NonNegativeFloat = 1e-3,
-                 mask_shape: Literal["apple", "square"] = "apple", mask_path: str | None = None):
+                 mask_shape: Literal["apple", "square"] = "apple", mask_path: str | None = None,
+                 overflow: Literal["wrap", "clip"] = "wrap",
+                 neuron_ranking: Literal["random_head", "trained_head"] = "random_head",
+                 random_head_outputs: PositiveInt = 1000):
         super().__init__(image_shape)
+        if overflow not in ("wrap", "clip"):
+            raise ConfigError(f"trojannn: overflow={overflow!r} is not allowed; must be one of: wrap, clip")
+        if neuron_ranking not in ("random_head", "trained_head"):
+            raise ConfigError(f"trojannn: neuron_ranking={neuron_ranking!r} is not allowed; must be one of: "
+                              f"random_head, trained_head")
+        self.overflow = overflow
+        self.neuron_ranking = neuron_ranking
+        self.random_head_outputs = int(random_head_outputs)
         c, h, w = self.image_shape
         self.num_neurons = int(num_neurons)
         self.target_value = float(target_value)
@@ -103,7 +140,7 @@ class TrojanNNTrigger(AdditiveTrigger):
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         if not self.prepared:
             raise RuntimeError("trojannn trigger has no pattern yet: run prepare(ctx) or load_state_dict() first")
-        return super().apply(images)
+        return add_levels(images, on_device(self, "pattern", images.float()), self.overflow)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if not self.prepared:
@@ -132,14 +169,19 @@ class TrojanNNTrigger(AdditiveTrigger):
         if self.num_neurons > head.in_features:
             raise ConfigError(f"trojannn: num_neurons={self.num_neurons} is not allowed for a head with "
                               f"{head.in_features} inputs; must be at most {head.in_features}")
-        indices = most_connected_neurons(head.weight, self.num_neurons)
+        if self.neuron_ranking == "random_head":
+            weight = random_head_weight(self.random_head_outputs, head.in_features,
+                                        ctx.generator(offset=RANDOM_HEAD_OFFSET))
+        else:
+            weight = head.weight
+        indices = most_connected_neurons(weight, self.num_neurons)
         was_training = model.training
         model.eval()
         try:
             image = self._optimise(model, head, indices)
         finally:
             model.train(was_training)
-        ctx.log(f"trojannn: neurons {indices.tolist()}, cost {self.final_cost:.4g} after {self.steps_taken} steps")
+        ctx.log(f"trojannn: neurons {indices.tolist()} ({self.neuron_ranking} ranking), cost {self.final_cost:.4g} after {self.steps_taken} steps")
         # ToPILImage's uint8 conversion (x * 255, truncated) in the reference.
         pattern = torch.floor(image.cpu() * 255) / 255 * self.mask
         self.pattern = pattern.contiguous()
@@ -179,6 +221,28 @@ def head_linear(model) -> torch.nn.Linear:
     if not isinstance(head, torch.nn.Linear):
         raise ValueError(f"trojannn needs a model whose head_layer names a Linear, got {name!r}")
     return head
+
+
+def add_levels(images: torch.Tensor, pattern: torch.Tensor, overflow: str) -> torch.Tensor:
+    """images + pattern in 8-bit levels: both taken as round(255 v), summed,
+    then wrapped modulo 256 ("wrap", BackdoorBench's uint8 cast) or clipped
+    to 0..255 ("clip"); returned as levels / 255 in the images' dtype."""
+    x = torch.round(images.float().clamp(0, 1) * LEVELS)
+    total = x + torch.round(pattern.float() * LEVELS)
+    if overflow == "wrap":
+        total = torch.remainder(total, LEVELS + 1)
+    elif overflow == "clip":
+        total = total.clamp(0, LEVELS)
+    else:
+        raise ValueError(f"trojannn: overflow={overflow!r} is not allowed; must be one of: wrap, clip")
+    return (total / LEVELS).to(images.dtype)
+
+
+def random_head_weight(outputs: int, features: int, generator: torch.Generator) -> torch.Tensor:
+    """A freshly initialised (outputs x features) head weight, as PyTorch's
+    Linear draws it: uniform in +-1/sqrt(features)."""
+    bound = 1.0 / math.sqrt(features)
+    return (torch.rand(outputs, features, generator=generator, dtype=torch.float64) * 2 - 1).float() * bound
 
 
 def most_connected_neurons(weight: torch.Tensor, count: int) -> torch.Tensor:

@@ -24,15 +24,39 @@ are the trigger's parameters. One SGD step of the classifier (lr from the
 cell, momentum 0.9, weight decay 5e-4) and one Adam step of G (lr 0.01,
 betas (0.5, 0.9)) per batch, with Lightning's manual optimisation.
 
+G's gradient (`generator_gradients`). BackdoorBench's `train_step` zeroes
+only the classifier's gradients each batch (`optimizerC.zero_grad()`; the
+only other `zero_grad` is the mask stage's), then steps both optimisers, and
+the original train.py does the same: G's `.grad` is the running sum of every
+joint-stage gradient so far, and Adam runs on that sum. `"accumulate"` (the
+default) does the same: G's gradients are cleared once, at the start of the
+joint stage, and never again, so a batch without backdoor rows still moves
+G by Adam's step on the accumulated sum, as in the reference.
+`"per_step"` zeroes G's gradients before every batch (standard Adam); a
+batch without backdoor rows then leaves G unchanged. The accumulated
+gradient is training state: the module writes it into the fit's checkpoint
+(`on_save_checkpoint`) and puts it back on resume, so a resumed attack goes
+on with the same sum. fp16 mixed precision is refused with "accumulate":
+its gradient scaler unscales `.grad` in place at every step, which would
+rescale the running sum (bf16 autocast and fp32 have no scaler).
+
 G is the trigger object's own `pattern_network`, registered here as
 `pattern_generator` so it moves with the module, and trained in place: the
 cell saves `trigger.state_dict()` after training. `export_weights` exports
 the classifier only, as for every attack.
 
-Epochs. The number of joint epochs is the cell's attack `epochs`; the mask
-epochs are the trigger's `mask_epochs`. BackdoorBench counts both against
-its `epochs` = 100 (25 mask + 75 joint epochs), so its setting is
-`mask_epochs=25` with 75 attack epochs.
+Epochs (`epoch_budget`). BackdoorBench counts the mask and the joint
+epochs against one `epochs` = 100: the mask stage runs `clean_train_epochs`
+(25) of them and the joint stage the rest, 75 (attack/inputaware.py, the
+two training loops). `"total"` (the default) reads the cell's attack
+`epochs` the same way: `fit_epochs` gives the joint stage `epochs -
+mask_epochs` epochs, `mask_epochs` being the trigger's parameter, so the
+CIFAR-10 grid's 100 epochs are BackdoorBench's 25 + 75. What counts is the
+configured `mask_epochs`, even when the trigger's `max_mask_steps` cut the
+mask stage short (a test and CPU-demonstration cap). A cell whose `epochs`
+is not above `mask_epochs` is refused (ConfigError). `"joint"` takes the
+cell's `epochs` as the number of joint epochs alone (25 + 100 in the
+CIFAR-10 grid).
 
 Learning rates. BackdoorBench's MultiStepLR milestones for the classifier
 ([100, 200, 300, 400]) and G ([200, 300, 400, 500]) all lie beyond its 75
@@ -84,10 +108,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from benchmark.errors import ConfigError
 from benchmark.schema import Momentum, NonNegativeFloat, OpenUnitInterval, PositiveFloat
 from benchmark.triggers.input_aware import InputAwareTrigger, mix, rms_distance
 from lightning_modules.attacks import ATTACKS
-from lightning_modules.attacks.base import AttackModule, AttackPreset
+from lightning_modules.attacks.base import AttackModule, AttackPreset, per_batch_count
 
 
 @dataclass
@@ -107,7 +132,9 @@ class InputAwareAttackModule(AttackModule):
                  weight_decay: NonNegativeFloat = 5e-4, augment=None, generator_lr: PositiveFloat = 0.01,
                  generator_betas: tuple[OpenUnitInterval, OpenUnitInterval] = (0.5, 0.9),
                  cross_ratio: NonNegativeFloat = 1.0, lr_schedule: Literal["constant", "cosine"] = "constant",
-                 augment_first: bool = True, backdoor_rows: Literal["per_batch", "indices"] = "per_batch"):
+                 augment_first: bool = True, backdoor_rows: Literal["per_batch", "indices"] = "per_batch",
+                 generator_gradients: Literal["accumulate", "per_step"] = "accumulate",
+                 epoch_budget: Literal["total", "joint"] = "total"):
         super().__init__(model, num_classes, trigger, poison_indices, num_train, target_label, lr, momentum,
                          weight_decay, augment)
         if not isinstance(trigger, InputAwareTrigger):
@@ -117,6 +144,21 @@ class InputAwareAttackModule(AttackModule):
         self.automatic_optimization = False
         # The trigger's own G: registered so it moves with the module, trained in place.
         self.pattern_generator = trigger.pattern_network
+        #: G's accumulated gradients read from a checkpoint, put back at train start
+        self._restored_generator_grads: list[torch.Tensor | None] | None = None
+
+    # ---- epochs ---------------------------------------------------------------------------
+    def fit_epochs(self, cell_epochs: int) -> int:
+        """Joint-stage epochs for the cell's attack `epochs` (see the module
+        docstring, `epoch_budget`)."""
+        if self.hparams.epoch_budget == "joint":
+            return int(cell_epochs)
+        mask_epochs = self.trigger.mask_epochs
+        if cell_epochs <= mask_epochs:
+            raise ConfigError(f"input_aware: epochs={cell_epochs} is not allowed with mask_epochs={mask_epochs}; "
+                              f"epochs counts mask + joint epochs (epoch_budget 'total'), so it must be more than "
+                              f"{mask_epochs}")
+        return int(cell_epochs) - mask_epochs
 
     # ---- one batch ------------------------------------------------------------------------
     def joint_batch(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> JointBatch:
@@ -169,8 +211,7 @@ class InputAwareAttackModule(AttackModule):
         batch, rate = the poisoned fraction of the training set; below one
         row per batch, one row with probability rate * n
         (`generalize_to_lower_pratio`)."""
-        expected = float(self.poison_mask.float().mean()) * n
-        count = int(expected) if expected >= 1 else int(torch.rand(()) < expected)
+        count = per_batch_count(self.poisoned_fraction(), n)
         rows = torch.zeros(n, dtype=torch.bool, device=device)
         rows[torch.randperm(n, device=device)[:count]] = True
         return rows
@@ -183,6 +224,36 @@ class InputAwareAttackModule(AttackModule):
         # Lightning keeps each module's mode; G trains with batch statistics,
         # as the reference's netG.train() (M stays frozen in eval mode).
         self.pattern_generator.train()
+        if self.hparams.generator_gradients == "accumulate" and "16" in str(self.trainer.precision) \
+                and "bf16" not in str(self.trainer.precision):
+            raise ConfigError(f"input_aware: precision {self.trainer.precision} is not allowed with "
+                              f"generator_gradients='accumulate' (its gradient scaler rescales the accumulated "
+                              f"gradient); use bf16 or fp32, or generator_gradients='per_step'")
+
+    def on_train_start(self):
+        # The joint stage starts with no gradient on G (the reference's G is
+        # first back-propagated here), or with the sum a checkpoint saved.
+        # Not in on_fit_start: the trainer clears every gradient after it.
+        restored = self._restored_generator_grads
+        self._restored_generator_grads = None
+        for i, p in enumerate(self.pattern_generator.parameters()):
+            grad = restored[i] if restored is not None else None
+            p.grad = None if grad is None else grad.to(device=p.device, dtype=p.dtype)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.hparams.generator_gradients == "accumulate":
+            checkpoint["pattern_generator_grads"] = [
+                None if p.grad is None else p.grad.detach().clone() for p in self.pattern_generator.parameters()]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        grads = checkpoint.get("pattern_generator_grads")
+        if self.hparams.generator_gradients != "accumulate" or grads is None:
+            return
+        count = len(list(self.pattern_generator.parameters()))
+        if len(grads) != count:
+            raise ValueError(f"input_aware: the checkpoint holds {len(grads)} generator gradients, "
+                             f"the generator has {count} parameters")
+        self._restored_generator_grads = list(grads)
 
     def on_fit_end(self):
         self.pattern_generator.eval()
@@ -200,10 +271,16 @@ class InputAwareAttackModule(AttackModule):
             raise FloatingPointError(f"{type(self).__name__}: loss became {loss.item()} at step {self.global_step}")
         classifier_opt, generator_opt = self.optimizers()
         classifier_opt.zero_grad()
-        generator_opt.zero_grad()
+        if self.hparams.generator_gradients == "per_step":
+            generator_opt.zero_grad()
+        # "accumulate": G's .grad keeps the sum of every joint-stage gradient
+        # (the reference never zeroes it); this backward adds the batch's.
         self.manual_backward(loss)
         classifier_opt.step()
-        generator_opt.step()  # a batch without backdoor rows leaves G without gradients: no change
+        # Without backdoor rows this batch adds nothing to G's gradient: with
+        # "per_step" G has none and does not move; with "accumulate" Adam
+        # steps on the sum so far, as the reference does.
+        generator_opt.step()
         schedule = self.lr_schedulers()
         if schedule is not None:
             schedule.step()

@@ -43,7 +43,13 @@ Choosing what to prune:
   reference's |change| would also veto a threshold that *raises* clean
   accuracy by 10 %, which signals no damage). No admissible threshold
   (possible only with a tiny clean subset) leaves the model unpruned, as the
-  reference's starting "best" model is.
+  reference's starting "best" model is. The clean subset is part of f_A's
+  training data, so its accuracy is training accuracy, near 100 % before
+  pruning, and it usually falls more slowly under pruning than test
+  accuracy does: the admissible thresholds, and so the pruning depth, can
+  be larger than under BackdoorBench's test-accuracy rule (BackdoorBench
+  `defense/anp.py`, the threshold loop), and the two rules select different
+  thresholds even apart from the ASR criterion.
 - `pruning_threshold`: prune at that fixed threshold (the ANP paper's 0.2;
   the original repository leaves the choice to the user).
 - `pruning_number`: prune exactly that many lowest-mask neurons.

@@ -32,9 +32,15 @@ number of epochs (BackdoorBench's T_max); here T_max = epochs, identical at
 the default and equal to the official script's choice otherwise. The port
 draws its 5 % class-balanced (`get_reserved_data` in its defense/base.py);
 the suite hands every defense the same random clean subset.
+
+Precision: training runs in fp32 even where the suite's trainer autocasts to
+bf16 (GPUs), `mixed_precision=False` (the default), as the port's training
+loop (BackdoorBenchER defense/fst.py) never autocasts. `mixed_precision=True`
+keeps the trainer's precision (bf16 autocast on GPUs).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -61,7 +67,8 @@ class FeatureShiftTuning(DefenseModule):
     def __init__(self, model, num_classes: int, target_label: int = 0, augment=None,
                  epochs: NonNegativeInt = 100, batch_size: PositiveInt = 256, lr: PositiveFloat = 0.01,
                  momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 5e-4, alpha: NonNegativeFloat = 0.2,
-                 reinit_bias: bool = False, rescale_at_init: bool = True, train_augment: bool = False):
+                 reinit_bias: bool = False, rescale_at_init: bool = True, train_augment: bool = False,
+                 mixed_precision: bool = False):
         head_name = getattr(model, "head_layer", None)
         head = model.get_submodule(head_name) if head_name else None
         if not isinstance(head, nn.Linear):
@@ -95,9 +102,17 @@ class FeatureShiftTuning(DefenseModule):
         weight = self.head.weight
         weight.mul_(self.original_norm / weight.norm())
 
+    def precision_context(self):
+        """fp32 inside (autocast off) unless `mixed_precision`, which keeps
+        the trainer's autocast."""
+        if self.hparams.mixed_precision:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model_device.type, enabled=False)
+
     def training_loss(self, x, y):
-        loss = F.cross_entropy(self.model(x), y)
-        return loss + self.hparams.alpha * head_inner_product(self.head.weight, self.original_head)
+        with self.precision_context():
+            loss = F.cross_entropy(self.model(x), y)
+            return loss + self.hparams.alpha * head_inner_product(self.head.weight, self.original_head)
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)

@@ -49,11 +49,16 @@ Deviations, with their reasons:
   models do not have).
 - The reference subtracts e to return to theta (exact up to rounding);
   here theta is copied back, so the base step starts from theta exactly.
-- Mixed precision follows the suite's trainer (bf16 autocast on GPUs)
-  where the reference uses fp16 amp.
+
+Precision: both passes run in fp32 even where the suite's trainer autocasts
+to bf16 (GPUs), `mixed_precision=False` (the default). The reference's
+`_train_sam` and `SAM.step` never autocast: its yaml's `amp: True` is read
+but unused, so BackdoorBench's FT-SAM trains in fp32. `mixed_precision=True`
+keeps the trainer's precision (bf16 autocast on GPUs).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from contextlib import contextmanager
 from typing import Callable, Iterator, Literal, Sequence
@@ -161,7 +166,8 @@ class FineTuningSAM(DefenseModule):
                  epochs: NonNegativeInt = 100, batch_size: PositiveInt = 256, lr: PositiveFloat = 0.01,
                  momentum: Momentum = 0.9, weight_decay: NonNegativeFloat = 5e-4, rho: NonNegativeFloat = 2.0,
                  adaptive: bool = True, label_smoothing: Momentum = 0.1, alpha: NonNegativeFloat = 0.0,
-                 lr_schedule: Literal["cosine-t100", "cosine", "constant"] = "cosine-t100"):
+                 lr_schedule: Literal["cosine-t100", "cosine", "constant"] = "cosine-t100",
+                 mixed_precision: bool = False):
         # label_smoothing shares Momentum's range [0, 1): 1 would leave no
         # weight on the true class.
         if num_classes < 2:
@@ -170,6 +176,13 @@ class FineTuningSAM(DefenseModule):
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr, momentum, weight_decay)
         # Two forward/backward passes and a restore per batch: the step is ours.
         self.automatic_optimization = False
+
+    def precision_context(self):
+        """fp32 inside (autocast off) unless `mixed_precision`, which keeps
+        the trainer's autocast."""
+        if self.hparams.mixed_precision:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model_device.type, enabled=False)
 
     def configure_optimizers(self):
         h = self.hparams
@@ -186,8 +199,9 @@ class FineTuningSAM(DefenseModule):
         if self.augment is not None:
             x = self.augment(x)
         h = self.hparams
-        loss = sam_step(self.model, lambda: smooth_kl_loss(self.model(x), y, h.label_smoothing),
-                        self.optimizers(), h.rho, h.adaptive, h.alpha, backward=self.manual_backward)
+        with self.precision_context():
+            loss = sam_step(self.model, lambda: smooth_kl_loss(self.model(x), y, h.label_smoothing),
+                            self.optimizers(), h.rho, h.adaptive, h.alpha, backward=self.manual_backward)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"ft-sam: loss became {loss.item()} at step {self.global_step}")
         sched = self.lr_schedulers()

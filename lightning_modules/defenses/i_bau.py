@@ -36,6 +36,10 @@ Defaults (BackdoorBench CIFAR-10 unless noted):
 - lr = 1e-4, Adam betas (0.9, 0.999), weight_decay 0 (`client_optimizer: adam`,
   `adam_betas`, `wd`); the original repository uses lr = 1e-3 (pass
   `lr=0.001` to reproduce it);
+- amsgrad = True: BackdoorBench builds its Adam through
+  `argparser_opt_scheduler` (utils/aggregate_block/train_settings_generate.py),
+  which passes `amsgrad=True`. The original I-BAU code uses plain Adam:
+  `amsgrad=False` (with `lr=0.001`) reproduces it;
 - constants hard-coded in both codes: inner_lr = 10 (SGD on delta),
   fixed_point_lr = 0.1 (`GradientDescent(loss_inner, 0.1)`),
   perturbation_reg = 0.001, perturbed_fraction = 0.01 (`portion`);
@@ -128,7 +132,8 @@ class ImplicitBackdoorAdversarialUnlearning(DefenseModule):
                  fixed_point_lr: PositiveFloat = 0.1, perturbation_reg: NonNegativeFloat = 0.001,
                  perturbed_fraction: ClosedUnitInterval = 0.01,
                  perturbation_space: Literal["normalized", "pixel"] = "normalized",
-                 fixed_point_tol: NonNegativeFloat = 1e-10, mixed_precision: bool = False):
+                 fixed_point_tol: NonNegativeFloat = 1e-10, mixed_precision: bool = False,
+                 amsgrad: bool = True):
         # Adam's betas are decay rates in [0, 1), Momentum's range; fixed_point_tol
         # admits 0, which turns the early exit of the fixed-point iteration off.
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr,
@@ -232,4 +237,4 @@ class ImplicitBackdoorAdversarialUnlearning(DefenseModule):
     def configure_optimizers(self):
         h = self.hparams
         return torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=h.lr,
-                                betas=tuple(h.betas), weight_decay=h.weight_decay)
+                                betas=tuple(h.betas), weight_decay=h.weight_decay, amsgrad=h.amsgrad)

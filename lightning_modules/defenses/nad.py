@@ -26,6 +26,19 @@ Defaults: SCLBD/BackdoorBench@f02e353 `defense/nad.py` with
   (avgpool, beta 1000) is a 1x1 map whose normalised attention is always 1, so
   its loss is 0 and it is left out. For the small CNN the layers are block2
   and block3, the last two of its three stages.
+
+Where the suite differs from BackdoorBench's loop:
+- BatchNorm running statistics. BackdoorBench `defense/nad.py` (the training
+  step, around lines 290-305) gets the student's attention maps by running
+  three extra forward passes through `nn.Sequential` slices of the student,
+  in train mode, besides the forward that gives the logits; every pass moves
+  the student's BatchNorm running mean and variance, so they update four
+  times per step (an effective momentum of about 1 - 0.9^4 = 0.34 instead of
+  0.1). Here one forward pass gives the logits and, through hooks, the
+  attention maps, so the running statistics update once per step. The
+  gradients are identical (train-mode BatchNorm normalises with the batch's
+  own statistics either way); only the stored running statistics, used at
+  evaluation, differ: BackdoorBench's have a shorter memory.
 """
 from __future__ import annotations
 

@@ -71,14 +71,30 @@ Deviations and choices:
   With several flagged labels each unlearning sample yields one stamped copy
   per label within its batch, so batches grow instead of epochs lengthening.
 
+Exported weights (`export`). BackdoorBench's `mitigation` (defense/nc.py;
+BackdoorBenchER's copy is the same) fine-tunes one model object and, when a
+label is flagged, builds a second one from the same backdoored weights and
+saves that one as `defense_result.pt`: the file holds the backdoored model
+f_A unchanged, while the metrics it logs are the fine-tuned model's. The
+re-activation paper's scripts load that file, so "NC" models made with this
+code are f_A. `export="fine_tuned"` (the default) exports the model this
+defense fine-tuned, which is the method. `export="backdoorbench"` reproduces
+the reference's file for like-for-like replication: with a flagged label the
+exported weights are f_A's, untouched, while `self.model` (what the runner
+evaluates for the defense's metrics) is still the fine-tuned model, as
+BackdoorBench's log is; with nothing flagged both choices export f_A.
+
 `report`: `anomaly_index`, `flagged_labels` (by ascending norm),
 `mask_l1_norms` (per label), `search_epochs` (per label, until early stop),
-`unchanged`.
+`unchanged`; with `export="backdoorbench"` also `exported`: "backdoored"
+when a label was flagged (the exported weights are not the evaluated
+model's), "unchanged" otherwise.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -210,8 +226,11 @@ class NeuralCleanse(DefenseModule):
                  atk_succ_threshold: Percentage = 98.0, early_stop: bool = True,
                  early_stop_threshold: Fraction = 0.99, early_stop_patience: PositiveInt = 25,
                  patience: PositiveInt = 5, cost_multiplier: GrowthFactor = 2.0, epsilon: NonNegativeFloat = 1e-7,
-                 unlearning_ratio: Fraction = 0.2, stretched_trigger: bool = False):
+                 unlearning_ratio: Fraction = 0.2, stretched_trigger: bool = False,
+                 export: Literal["fine_tuned", "backdoorbench"] = "fine_tuned"):
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr, momentum, weight_decay)
+        #: f_A's weights as received, kept for `export="backdoorbench"` only
+        self.backdoored_weights: dict[str, torch.Tensor] | None = None
         self.unchanged = False
         self.triggers: list[tuple[torch.Tensor, torch.Tensor]] = []  # (mask, pattern) per flagged label
         self.unlearn_idx: torch.Tensor | None = None
@@ -253,6 +272,8 @@ class NeuralCleanse(DefenseModule):
     # ---- hooks ----------------------------------------------------------------------
     def prepare(self, clean_set, fit) -> None:
         h = self.hparams
+        if h.export == "backdoorbench":
+            self.backdoored_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         # Shuffles and the unlearning draw follow the run's seeded global RNG.
         seed = int(torch.randint(2**31 - 1, ()))
         was_training = self.model.training
@@ -278,6 +299,17 @@ class NeuralCleanse(DefenseModule):
         self.report = {"anomaly_index": anomaly, "flagged_labels": flagged,
                        "mask_l1_norms": norms.tolist(), "search_epochs": [e for _, _, e in found],
                        "unchanged": self.unchanged}
+        if h.export == "backdoorbench":
+            self.report["exported"] = "backdoored" if flagged else "unchanged"
+
+    def export_weights(self) -> dict[str, torch.Tensor]:
+        """The fine-tuned model's weights; with `export="backdoorbench"` and
+        a flagged label, f_A's untouched weights (see the module docstring)."""
+        if self.hparams.export == "backdoorbench" and self.triggers:
+            if self.backdoored_weights is None:
+                raise RuntimeError("nc: export='backdoorbench' needs prepare() to have run before export")
+            return {k: v.clone() for k, v in self.backdoored_weights.items()}
+        return super().export_weights()
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

@@ -37,6 +37,9 @@ Defaults (BackdoorBench CIFAR-10):
 - epochs = 100 (`n_rounds`), batch_size = 256;
 - lr = 1e-4, Adam betas (0.9, 0.999), weight_decay 0; the cosine scheduler
   the script creates is never stepped, so the rate is constant;
+- amsgrad = True: the script builds its Adam through `argparser_opt_scheduler`
+  (utils/aggregate_block/train_settings_generate.py), which passes
+  `amsgrad=True`; `amsgrad=False` gives plain Adam;
 - norm_type = "L_inf", trigger_norm = 0.2, adv_lr = 0.2, adv_steps = 5,
   pgd_init = "max";
 - beta_1 = 0.01, beta_2 = 1; lmd_1 = 1, lmd_2 = 0, lmd_3 = 1; outer_steps = 1;
@@ -188,7 +191,7 @@ class SharedAdversarialUnlearning(DefenseModule):
                  adv_steps: NonNegativeInt = 5, pgd_init: PgdInit = "max", beta_1: NonNegativeFloat = 0.01,
                  beta_2: NonNegativeFloat = 1.0, lmd_1: NonNegativeFloat = 1.0, lmd_2: NonNegativeFloat = 0.0,
                  lmd_3: NonNegativeFloat = 1.0, outer_steps: PositiveInt = 1, train_mode: bool = False,
-                 clip_images: bool = False, mixed_precision: bool = False):
+                 clip_images: bool = False, mixed_precision: bool = False, amsgrad: bool = True):
         # Adam's betas are decay rates in [0, 1), Momentum's range.
         # The reference trains on the clean subset with the test transform.
         super().__init__(model, num_classes, target_label, None, epochs, batch_size, lr,
@@ -261,4 +264,4 @@ class SharedAdversarialUnlearning(DefenseModule):
     def configure_optimizers(self):
         h = self.hparams
         return torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=h.lr,
-                                betas=tuple(h.betas), weight_decay=h.weight_decay)
+                                betas=tuple(h.betas), weight_decay=h.weight_decay, amsgrad=h.amsgrad)

@@ -34,8 +34,15 @@ Both stopping rules look at the clean subset only. `self.report` records
 the forget epochs used and the accuracy reached, and the recovery epochs
 and accuracy. The random labels and the forget set come from a generator
 seeded with the process's torch seed (the cell's seed under the runner).
+
+Precision: both phases run in fp32, as the toolbox's loops (no autocast).
+The forget phase runs outside the trainer and is always fp32; the recovery
+phase turns off the trainer's bf16 autocast (GPUs) unless
+`mixed_precision=True`, which keeps it.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +80,7 @@ class SelectiveAmnesia(DefenseModule):
                  epochs: NonNegativeInt = 100, forget_epochs: NonNegativeInt = 10, batch_size: PositiveInt = 32,
                  lr: PositiveFloat = 1e-3, weight_decay: NonNegativeFloat = 0.0, forget_fraction: Fraction = 0.1,
                  forget_accuracy: Fraction | None = None, recovery_accuracy: ClosedUnitInterval = 0.97,
-                 train_augment: bool = False):
+                 train_augment: bool = False, mixed_precision: bool = False):
         if num_classes < 2:
             raise ConfigError(f"seam: num_classes={num_classes} is not allowed; random wrong labels need at least "
                               f"2 classes")
@@ -120,6 +127,17 @@ class SelectiveAmnesia(DefenseModule):
             self.report.update(forget_epochs=epoch + 1, forget_accuracy=acc)
             if acc < self.forget_bound:
                 break
+
+    def precision_context(self):
+        """fp32 inside (autocast off) unless `mixed_precision`, which keeps
+        the trainer's autocast."""
+        if self.hparams.mixed_precision:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model_device.type, enabled=False)
+
+    def training_loss(self, x, y):
+        with self.precision_context():
+            return super().training_loss(x, y)
 
     def configure_optimizers(self):
         # A fresh Adam for the recovery phase, as the toolbox builds one.
