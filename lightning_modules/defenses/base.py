@@ -32,6 +32,8 @@ the module, so `__init__` itself checks only rules one hint cannot state
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Callable, Iterator
 
 import torch
@@ -77,6 +79,14 @@ class DefenseModule(BackdoorStage):
     @property
     def model_device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def precision_context(self):
+        """Where a defense's reference trains in fp32 (its `mixed_precision`
+        parameter False), autocast is switched off inside; otherwise the
+        trainer's precision (bf16 autocast on a GPU) applies."""
+        if self.hparams.get("mixed_precision", True):
+            return contextlib.nullcontext()
+        return torch.autocast(self.model_device.type, enabled=False)
 
     def batches(self, dataset, batch_size: int | None = None, shuffle: bool = False, seed: int = 0,
                 augment: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

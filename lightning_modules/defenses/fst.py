@@ -40,7 +40,6 @@ keeps the trainer's precision (bf16 autocast on GPUs).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -101,13 +100,6 @@ class FeatureShiftTuning(DefenseModule):
     def _project_head(self) -> None:
         weight = self.head.weight
         weight.mul_(self.original_norm / weight.norm())
-
-    def precision_context(self):
-        """fp32 inside (autocast off) unless `mixed_precision`, which keeps
-        the trainer's autocast."""
-        if self.hparams.mixed_precision:
-            return contextlib.nullcontext()
-        return torch.autocast(self.model_device.type, enabled=False)
 
     def training_loss(self, x, y):
         with self.precision_context():

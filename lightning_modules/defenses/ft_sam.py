@@ -58,7 +58,6 @@ keeps the trainer's precision (bf16 autocast on GPUs).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from contextlib import contextmanager
 from typing import Callable, Iterator, Literal, Sequence
@@ -176,13 +175,6 @@ class FineTuningSAM(DefenseModule):
         super().__init__(model, num_classes, target_label, augment, epochs, batch_size, lr, momentum, weight_decay)
         # Two forward/backward passes and a restore per batch: the step is ours.
         self.automatic_optimization = False
-
-    def precision_context(self):
-        """fp32 inside (autocast off) unless `mixed_precision`, which keeps
-        the trainer's autocast."""
-        if self.hparams.mixed_precision:
-            return contextlib.nullcontext()
-        return torch.autocast(self.model_device.type, enabled=False)
 
     def configure_optimizers(self):
         h = self.hparams

@@ -80,7 +80,6 @@ Deviations, each without effect on the computed quantities unless stated:
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Literal, Sequence
 
 import torch
@@ -156,11 +155,6 @@ class ImplicitBackdoorAdversarialUnlearning(DefenseModule):
             return delta
         return delta * std
 
-    def _precision(self):
-        if self.hparams.mixed_precision:
-            return contextlib.nullcontext()
-        return torch.autocast(self.model_device.type, enabled=False)
-
     # ---- the two objectives ---------------------------------------------------------
     def inner_objective(self, x: torch.Tensor, labels: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """-mean CE(f(x + delta), labels) + reg * ||delta||^2 (delta in its own units)."""
@@ -190,7 +184,7 @@ class ImplicitBackdoorAdversarialUnlearning(DefenseModule):
         h = self.hparams
         seed = int(torch.randint(2 ** 31 - 1, ()))  # from the run's seeded global generator
         delta = None
-        with torch.enable_grad(), self._precision():
+        with torch.enable_grad(), self.precision_context():
             for x, y in self.batches(dataset, h.batch_size, shuffle=True, seed=seed, augment=True):
                 if self.fixed_point_batch is None:
                     self.fixed_point_batch = (x, y)
@@ -222,7 +216,7 @@ class ImplicitBackdoorAdversarialUnlearning(DefenseModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = self.optimizers()
         opt.zero_grad()
-        with self._precision():
+        with self.precision_context():
             grads, loss = implicit_hypergradient(lambda d: self.outer_loss(x, y, d),
                                                  lambda d: self.fixed_point_map(x0, y0, d),
                                                  self.delta, params, h.fixed_point_steps, h.fixed_point_tol)

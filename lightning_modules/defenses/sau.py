@@ -67,7 +67,6 @@ Deviations and options:
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 from typing import Literal
 
@@ -206,11 +205,6 @@ class SharedAdversarialUnlearning(DefenseModule):
         self.report = {"pgd_steps": [], "potential_poison_fraction": []}
         self._epoch_stats: list[torch.Tensor] = []
 
-    def _precision(self):
-        if self.hparams.mixed_precision:
-            return contextlib.nullcontext()
-        return torch.autocast(self.model_device.type, enabled=False)
-
     def on_fit_start(self) -> None:
         self.reference.to(self.device)
         super().on_fit_start()  # eval mode: model_train_mode = False
@@ -241,7 +235,7 @@ class SharedAdversarialUnlearning(DefenseModule):
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
         opt = self.optimizers()
-        with self._precision():
+        with self.precision_context():
             delta, steps = self.pgd(x, y)
             for _ in range(self.hparams.outer_steps):
                 loss, mask = self.unlearning_loss(x, y, delta)

@@ -42,7 +42,6 @@ phase turns off the trainer's bf16 autocast (GPUs) unless
 """
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -127,13 +126,6 @@ class SelectiveAmnesia(DefenseModule):
             self.report.update(forget_epochs=epoch + 1, forget_accuracy=acc)
             if acc < self.forget_bound:
                 break
-
-    def precision_context(self):
-        """fp32 inside (autocast off) unless `mixed_precision`, which keeps
-        the trainer's autocast."""
-        if self.hparams.mixed_precision:
-            return contextlib.nullcontext()
-        return torch.autocast(self.model_device.type, enabled=False)
 
     def training_loss(self, x, y):
         with self.precision_context():
