@@ -1,6 +1,7 @@
 """Every registered defense keeps the defense contract (benchmark.contract):
-it never calls the trigger and never receives a poisoned sample (by index or
-by pixels) in any of its hooks, including one-off preparation such as NAD's
+it never calls the trigger and is served only its clean subset, with clean
+pixels and true labels (indices the attacker poisoned included, as clean
+images), in any of its hooks, including one-off preparation such as NAD's
 teacher; its parameters are typed; it returns a complete, finite model."""
 import pytest
 import torch
