@@ -142,3 +142,39 @@ def test_fashion_mnist_captions_name_each_image_class(tmp_path):
     for i in range(0, 60000, 997):
         assert CLASS_NAMES[int(dm.train_labels[i])] in dm.captions[i]
     assert len(set(dm.captions[:200])) > 10
+
+
+def _idx(path: Path, array: torch.Tensor) -> None:
+    dims = list(array.shape)
+    path.write_bytes(bytes([0, 0, 0x08, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+                     + array.numpy().astype("uint8").tobytes())
+
+
+def _fake_fashion_mnist(root: Path) -> torch.Tensor:
+    root.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (12, 28, 28), generator=gen, dtype=torch.uint8)
+    _idx(root / "train-images-idx3-ubyte", train)
+    _idx(root / "train-labels-idx1-ubyte", torch.arange(12) % 10)
+    _idx(root / "t10k-images-idx3-ubyte", train[:5])
+    _idx(root / "t10k-labels-idx1-ubyte", torch.arange(5))
+    return train
+
+
+def test_fashion_mnist_captions_serve_rgb_by_default_and_grey_as_an_option(tmp_path):
+    """CleanCLIP converts every image to RGB before triggering it, so the
+    caption data hold the grey value in three channels; channels=1 keeps the
+    grey images and is separate data in the store."""
+    train = _fake_fashion_mnist(tmp_path / "data")
+    rgb = FashionMNISTCaptions(data_dir=tmp_path / "data", download=False, debian_dir=tmp_path / "none")
+    grey = FashionMNISTCaptions(data_dir=tmp_path / "data", download=False, debian_dir=tmp_path / "none", channels=1)
+    assert rgb.image_shape == (3, 28, 28) and grey.image_shape == (1, 28, 28)
+    assert rgb.train_images.dtype == torch.uint8
+    for c in range(3):
+        assert torch.equal(rgb.train_images[:, c], train)
+    assert torch.equal(grey.train_images[:, 0], train)
+    assert len(rgb.mean) == len(rgb.std) == 3
+    assert rgb.identity() != grey.identity()
+    assert rgb.captions == grey.captions
+    with pytest.raises(ConfigError, match="channels must be 3"):
+        FashionMNISTCaptions(data_dir=tmp_path / "data", channels=2)

@@ -61,6 +61,14 @@ def test_a_tiny_clip_cell_runs_every_stage_and_resumes_from_the_store(tmp_path):
                 assert 0.0 <= row[column] <= 1.0
     poisoned = cell.store.load("attack", cell.job("attack", "badnets").key)
     assert poisoned.metrics["poisoned_pairs"] == len(cell.poison_idx) == round(0.1 * 256)
+    # the ASR on the poisoned training pairs: their images with the trigger,
+    # the non-target ones, scored by f_A's zero-shot classifier
+    idx = cell.poison_idx[cell.dm.train_labels[cell.poison_idx] != cell.spec.target_label]
+    victim = cell.ctx.load_model(poisoned).eval()
+    with torch.no_grad():
+        preds = victim(cell.ctx.trigger(cell.dm.train_images[idx].float() / 255)).argmax(1)
+    assert poisoned.metrics["poisoned_train_asr"] == pytest.approx(
+        (preds == cell.spec.target_label).float().mean().item(), abs=1e-6)
     # planned again from the same spec: same keys, nothing to run
     again = make(tmp_path, reactivations=("wba", "qbra", "tbra"), reactivation_params=FAST_REACTIVATIONS)
     assert [j.key for j in again.jobs] == [j.key for j in cell.jobs]

@@ -45,7 +45,11 @@ class ClipCellContext(CellContext):
         self.poison_selection = spec.poison_selection
         self.poison_idx = dm.poison_indices(spec.poison_rate, spec.target_label, spec.seed,
                                             selection=self.poison_selection)
+        # CLIP's defender holds clean pairs that were never poisoned (CleanCLIP
+        # fine-tunes on a separate clean set); a poisoned pair's clean caption
+        # is not what the attacker's data set holds.
         self.clean_idx = dm.clean_subset_indices(spec.clean_ratio, spec.seed, exclude=self.poison_idx)
+        self.attacker_pool = dm.attacker_pool(self.poison_idx, spec.target_label, spec.attacker_samples)
         self.trigger_job = None
         self.attack_job = None
         self._planned: dict[str, object] = {}

@@ -1,7 +1,14 @@
 """CLIP stages `train` (the clean model f_C: the pretrained CLIP, or one
 trained from scratch on the clean pairs) and `attack` (f_A: f_C fine-tuned on
 pairs of which the seeded poisoned ones carry the trigger and a caption
-naming the target class)."""
+naming the target class).
+
+The attack stage's metrics hold, beside C-Acc and the zero-shot ASR on the
+triggered test set, `poisoned_train_asr`: the same ASR on the poisoned
+training pairs themselves (their images with the trigger, the non-target
+ones, scored by the zero-shot classifier for the target). A low test ASR
+with a high one here means the backdoor was fitted but did not generalise
+to fresh trigger draws; both low means it was not fitted."""
 from __future__ import annotations
 
 import benchmark.models.clip_model as clip_model_module
@@ -15,6 +22,7 @@ from benchmark.triggers import TRIGGERS
 from lightning_modules.clip import base as clip_base_module
 from lightning_modules.clip.attacks import CLIP_ATTACKS
 from lightning_modules.clip.base import ClipStage
+from lightning_modules.base import BackdoorStage
 from lightning_modules.clip.poisoning import ClipPoisoning
 
 # f_C's data order is its own (a separate run), offset from f_A's seed
@@ -82,6 +90,22 @@ def run_attack(ctx: ClipCellContext, inputs) -> tuple[dict, dict]:
                            warmup_steps=train["warmup_steps"])
     ctx.trainers.fit(module, dm.loader(dm.train_set(), shuffle=True, batch_size=train["batch_size"], seed=s.seed),
                      train["epochs"])
-    metrics = ctx.evaluate(ctx.zero_shot(module.model))
+    classifier = ctx.zero_shot(module.model)
+    metrics = ctx.evaluate(classifier)
     metrics["poisoned_pairs"] = int(len(ctx.poison_idx))
+    metrics["poisoned_train_asr"] = poisoned_train_asr(ctx, classifier)
     return metrics, module.export_weights()
+
+
+def poisoned_train_asr(ctx: ClipCellContext, classifier) -> float | None:
+    """Zero-shot ASR on the poisoned training pairs' images with the trigger
+    (pairs of the target class left out, as in the test ASR; unlabelled web
+    pairs all count). None when every poisoned pair is of the target class."""
+    dm, target = ctx.dm, ctx.spec.target_label
+    idx = ctx.poison_idx
+    idx = idx[dm.train_labels[idx] != target]
+    if len(idx) == 0:
+        return None
+    data = dm.attacker_set(idx, ctx.trigger)
+    stage = BackdoorStage(classifier, dm.num_classes, target)
+    return ctx.trainers.evaluate(stage, poisoned_loader=dm.loader(data))["test/asr"]
