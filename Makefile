@@ -50,7 +50,7 @@ bench: install ## images/s of the suite's stages beside plain PyTorch loops; the
 test-attacks: install fashion-mnist ## science of every attack beyond BadNets/Blended on Fashion-MNIST (~30 min)
 	$(PY) -m pytest -q -s -m attack_science --override-ini="addopts="
 
-test-clip: install fashion-mnist wordnet ## CLIP science on Fashion-MNIST captions: poisoning, CleanCLIP, WBA vs gUAA (~20 min)
+test-clip: install fashion-mnist wordnet ## CLIP science on Fashion-MNIST captions: positive control, poisoning, CleanCLIP, WBA vs gUAA (~80 min on 2 cores from nothing)
 	$(PY) -m pytest -q -s -m clip_science --override-ini="addopts="
 
 demo-clip: install fashion-mnist wordnet ## the CLIP demo cell on Fashion-MNIST captions (CPU): tiny CLIP, BadNets, CleanCLIP and FT, BEC, WBA + gUAA
