@@ -36,6 +36,15 @@ ASR 0.997, ASR on the poisoned training pairs 0.997, C-Acc 0.883. The
 pipeline implants a fixed trigger in one epoch, so the wiring is sound;
 what the tiny CLIP fails to learn in 3 epochs is CleanCLIP's per-image
 noise at a random location (a translation-invariant noise detector).
+
+The whole cell on the positive control's implanted model (`badnets_corner`,
+1 epoch; CleanCLIP and FT at the demo's 2 epochs, lr 2e-4; WBA 10 passes;
+3,258 s beside other jobs): f_C C-Acc 0.882 / ASR 0.013 / WBA 0.145; f_A
+0.883 / 0.997 / WBA 0.999; CleanCLIP 0.874 / 0.976 / WBA 0.999 vs gUAA
+0.513; FT 0.882 / 0.993 / WBA 0.998 vs gUAA 0.295. At this budget neither
+defense removes the fixed patch, so nothing is dormant to re-activate; BEC
+is undefined (1 - S(f_A, f_C) = 0.042 < 0.05: f_C's features are as close
+to f_A's as f_A's own).
 """
 import dataclasses
 import json
