@@ -78,6 +78,7 @@ NOT_REPRODUCED_REACTIVATION = {
     # Before the attacker's samples were non-target images this pair "held"
     # at WBA 0.000 vs gUAA 0.000: both searched on target-class images only.
     ("sig", "fst"): "WBA 0.025 vs gUAA 0.077 (FST drove ASR to 0.000 and BEC to -0.67)",
+    ("lc", "fst"): "WBA 0.001 vs gUAA 0.076 (FST drove ASR to 0.000 and BEC to -1.01)",
 }
 
 
