@@ -104,11 +104,11 @@ class WaNetAttackModule(AttackModule):
         if self.hparams.backdoor_rows == "indices":
             x, y = super().prepare_batch(x, y, idx)
             poisoned = self.poison_mask[idx]
-        else:
-            x, y, poisoned = self.poison_per_batch(x, y, idx)
+            num_poisoned = int(poisoned.sum()) if self.hparams.cross_ratio else 0
+        else:  # the count is drawn on the host: no device sync per step
+            x, y, poisoned, num_poisoned = self.poison_per_batch(x, y, idx)
         if self.hparams.cross_ratio == 0:
             return x, y
-        num_poisoned = int(poisoned.sum())
         num_cross = min(int(self.hparams.cross_ratio * num_poisoned), len(idx) - num_poisoned)
         if num_cross <= 0:
             return x, y
@@ -121,18 +121,18 @@ class WaNetAttackModule(AttackModule):
 
     def poison_per_batch(self, x, y, idx):
         """Warp and relabel `per_batch_count(rate, B)` random rows of the
-        batch; returns (images, labels, the rows' mask)."""
+        batch; returns (images, labels, the rows' mask, their count)."""
         n = len(idx)
         count = per_batch_count(self.poisoned_fraction(), n)
         poisoned = torch.zeros(n, dtype=torch.bool, device=x.device)
         if count == 0:
-            return x, y, poisoned
+            return x, y, poisoned, 0
         rows = torch.randperm(n, device=x.device)[:count]
         poisoned[rows] = True
         x, y = x.clone(), y.clone()
         x[rows] = self.trigger.poison(x[rows], idx[rows]).to(x.dtype)
         y[rows] = self.hparams.target_label
-        return x, y, poisoned
+        return x, y, poisoned, count
 
     # ---- WaNet's batch augmentation -------------------------------------------------------
     def post_tensor_augment(self, images: torch.Tensor) -> torch.Tensor:
