@@ -56,6 +56,22 @@ def _panels(summary: list[dict]) -> list[tuple]:
     return _ordered((a["dataset"], a["arch"]) for a in summary)
 
 
+def _error(agg: dict, col: str, mean: float, scale: float):
+    """matplotlib's [[below], [above]] error of `col` from its 95 % interval
+    over seeds (benchmark.report.summarize), scaled; None without an interval."""
+    low, high = agg.get(f"{col}_low"), agg.get(f"{col}_high")
+    if low is None or high is None:
+        return None
+    return [[scale * (mean - low)], [scale * (high - mean)]]
+
+
+def _intervals_note(summary: list[dict]) -> str:
+    """The figure's statement of what it averages and what its bars are."""
+    if any(a.get("n_seeds", 1) > 1 for a in summary):
+        return "mean over seeds; bars / ± = 95 % interval"
+    return "one seed: no interval"
+
+
 def _save(fig: Figure, path: Path) -> Path:
     # Figure without pyplot renders through Agg: no global backend switch, no display.
     fig.savefig(path, dpi=130, bbox_inches="tight")
@@ -78,6 +94,10 @@ def plot_bec_vs_asr(summary: list[dict], path: Path, title: str) -> Path:
                 continue
             model, ref = agg["model"], agg["model"] in (CLEAN, BACKDOORED)
             present.add(model)
+            xerr, yerr = _error(agg, "asr", x, 100.0), _error(agg, "bec", y, 1.0)
+            if xerr is not None or yerr is not None:  # 95 % intervals over seeds
+                ax.errorbar([100 * x], [y], xerr=xerr, yerr=yerr, fmt="none", ecolor=colours[model],
+                            elinewidth=0.9, capsize=2, alpha=0.8, zorder=2)
             ax.scatter([100 * x], [y], marker=markers[agg["attack"]], s=70 if ref else 55, zorder=3,
                        facecolors="none" if ref else [colours[model]], edgecolors=[colours[model]],
                        linewidths=2 if ref else 0.6)
@@ -94,7 +114,7 @@ def plot_bec_vs_asr(summary: list[dict], path: Path, title: str) -> Path:
         ax.grid(alpha=0.3)
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(f"{title}: backdoor existence vs attack success (mean over seeds)")
+    fig.suptitle(f"{title}: backdoor existence vs attack success ({_intervals_note(summary)})")
     _legends(fig, markers, colours, present)
     return _save(fig, path)
 
@@ -120,14 +140,19 @@ def plot_reactivation(summary: list[dict], methods: list[str], path: Path, title
     image = None
     for ax, (col, name) in zip(axes, sources):
         grid = np.full((max(1, len(row_keys)), max(1, len(models))), np.nan)
+        half = np.full_like(grid, np.nan)  # half-width of the 95 % interval, in points
         for i, rk in enumerate(row_keys):
             for j, model in enumerate(models):
-                value = lookup.get((*rk, model), {}).get(f"{col}_mean")
+                agg = lookup.get((*rk, model), {})
+                value = agg.get(f"{col}_mean")
                 if value is not None:
                     grid[i, j] = 100 * value
+                if agg.get(f"{col}_low") is not None and agg.get(f"{col}_high") is not None:
+                    half[i, j] = 50 * (agg[f"{col}_high"] - agg[f"{col}_low"])
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, "–" if np.isnan(v) else f"{v:.0f}", ha="center", va="center", fontsize=7,
+            text = "–" if np.isnan(v) else f"{v:.0f}" if np.isnan(half[i, j]) else f"{v:.0f}\n±{half[i, j]:.0f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7 if np.isnan(half[i, j]) else 6,
                     color="white" if not np.isnan(v) and v > 60 else "black")
         ax.set_xticks(range(len(models)), [str(m) for m in models], rotation=45, ha="right")
         ax.set_yticks(range(len(row_keys)), [f"{d}/{a}: {k}" if several else str(k) for d, a, k in row_keys])
@@ -137,7 +162,7 @@ def plot_reactivation(summary: list[dict], methods: list[str], path: Path, title
     for ax in axes[len(sources):]:
         ax.set_visible(False)
     fig.colorbar(image, ax=list(axes), label="ASR (%)", shrink=0.6)
-    fig.suptitle(f"{title}: ASR before and after re-activation (mean over seeds)")
+    fig.suptitle(f"{title}: ASR before and after re-activation ({_intervals_note(summary)})")
     return _save(fig, path)
 
 
@@ -165,12 +190,16 @@ def plot_asr_vs_queries(summary: list[dict], rows: list[dict], path: Path, title
                 present.add(agg["model"])
                 ax.plot(*zip(*xy), marker=markers[agg["attack"]], linestyle=linestyles[agg["attack"]],
                         color=colours[agg["model"]], markersize=5, linewidth=1.2)
+                band = [(n, 100 * agg[f"{k}_low"], 100 * agg[f"{k}_high"]) for n, k in points
+                        if agg.get(f"{k}_low") is not None and agg.get(f"{k}_high") is not None]
+                if band:  # the 95 % interval over seeds
+                    ax.fill_between(*zip(*band), color=colours[agg["model"]], alpha=0.15, linewidth=0)
             ax.set_ylim(-3, 103)
             ax.set_xlabel("queries to the model")
             ax.set_ylabel("ASR after re-activation (%)")
             ax.set_title(f"{method} — {panel[0]} / {panel[1]}")
             ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: re-activation ASR vs query budget (mean over seeds)")
+    fig.suptitle(f"{title}: re-activation ASR vs query budget ({_intervals_note(summary)})")
     _legends(fig, markers, colours, present, linestyles)
     return _save(fig, path)
 

@@ -57,6 +57,11 @@ PER_ATTACK = ("clean_acc", "asr", "bec")
 PER_METHOD = ("react_asr", "guaa_asr")
 SUMMARY = ["rank", "defense", "candidate", "worst_reactivation_asr", "worst_case", "worst_guaa_asr",
            "clean_acc_cost", "mean_asr", "mean_bec", "coverage"]
+# The statistics of the headline's worst case over its seeds (benchmark.intervals):
+# the 95 % intervals of its re-activation and gUAA ASR, and the one-sided paired
+# test that re-activation beats gUAA there (None with one seed).
+INTERVAL_FIELDS = ["worst_reactivation_asr_low", "worst_reactivation_asr_high", "worst_guaa_asr_low",
+                   "worst_guaa_asr_high", "worst_gap_p", "worst_gap_significant", "worst_case_seeds"]
 HEADLINE = ("Headline = worst re-activation ASR: the highest ASR that any re-activation method in the grid "
             "reaches against the defended model, over all attacks of the grid (original trigger + universal "
             "perturbation δ, mean over seeds). Lower is better: a defense that only put the backdoor to sleep "
@@ -83,7 +88,12 @@ def grid_attacks(rows: list[dict]) -> list[str]:
 
 def _seed_means(rows: list[dict], methods: list[str]) -> dict[tuple[str, str], dict]:
     """(attack, model) -> each metric's mean over that pair's seeds (finite
-    values only; None without one), plus "seeds" = rows in the group."""
+    values only; None without one), "<metric>_low"/"_high" its 95 %
+    interval (None below two seeds), per method "gap_p:<m>" /
+    "gap_significant:<m>" the paired test of re-activation over gUAA
+    (benchmark.intervals), and "seeds" = rows in the group."""
+    from benchmark.intervals import mean_interval, paired_greater
+
     key = _attack_key(rows)
     metrics = list(PER_ATTACK) + [f"{kind}:{m}" for m in methods for kind in PER_METHOD]
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -93,8 +103,15 @@ def _seed_means(rows: list[dict], methods: list[str]) -> dict[tuple[str, str], d
     for group, members in groups.items():
         agg = {"seeds": len(members)}
         for col in metrics:
-            vals = [v for r in members if (v := _num(r.get(col))) is not None]
-            agg[col] = statistics.fmean(vals) if vals else None
+            interval = mean_interval(r.get(col) for r in members)
+            agg[col] = interval.mean if interval else None
+            agg[f"{col}_low"] = interval.low if interval else None
+            agg[f"{col}_high"] = interval.high if interval else None
+        for m in methods:
+            test = paired_greater([r.get(f"react_asr:{m}") for r in members],
+                                  [r.get(f"guaa_asr:{m}") for r in members])
+            agg[f"gap_p:{m}"] = test.p_value if test else None
+            agg[f"gap_significant:{m}"] = test.significant if test else None
         out[group] = agg
     return out
 
@@ -111,6 +128,7 @@ def _entry(name: str, per_attack: dict[str, dict | None], base_acc: dict[str, fl
     entry = {"rank": None, "defense": name, "candidate": candidate}
     costs, asrs, becs = [], [], []
     worst, worst_case, worst_guaa, covered = None, None, None, 0
+    worst_stats: dict = {}
     for a in attacks:
         agg = per_attack.get(a) or {}
         entry[f"seeds:{a}"] = agg.get("seeds", 0)
@@ -129,9 +147,17 @@ def _entry(name: str, per_attack: dict[str, dict | None], base_acc: dict[str, fl
             # Strictly greater: on a tie the first pair in grid order stays the worst case.
             if worst is None or react > worst:
                 worst, worst_case, worst_guaa = react, f"{a}/{m}", guaa
+                worst_stats = {"worst_reactivation_asr_low": agg.get(f"react_asr:{m}_low"),
+                               "worst_reactivation_asr_high": agg.get(f"react_asr:{m}_high"),
+                               "worst_guaa_asr_low": agg.get(f"guaa_asr:{m}_low"),
+                               "worst_guaa_asr_high": agg.get(f"guaa_asr:{m}_high"),
+                               "worst_gap_p": agg.get(f"gap_p:{m}"),
+                               "worst_gap_significant": agg.get(f"gap_significant:{m}"),
+                               "worst_case_seeds": agg.get("seeds", 0)}
     entry.update(worst_reactivation_asr=worst, worst_case=worst_case, worst_guaa_asr=worst_guaa,
                  clean_acc_cost=_mean(costs), mean_asr=_mean(asrs), mean_bec=_mean(becs),
                  coverage=f"{covered}/{len(attacks) * len(methods)}")
+    entry.update({k: worst_stats.get(k) for k in INTERVAL_FIELDS})
     return entry
 
 
@@ -179,7 +205,7 @@ def reference(rows: list[dict], methods: list[str]) -> dict | None:
 def leaderboard_columns(methods: list[str], attacks: list[str]) -> list[str]:
     """CSV column order: the summary fields, then per attack its seed count,
     clean accuracy, ASR, BEC and each method's re-activation / gUAA ASR."""
-    cols = list(SUMMARY)
+    cols = list(SUMMARY) + INTERVAL_FIELDS
     for a in attacks:
         cols += [f"seeds:{a}"] + [f"{col}:{a}" for col in PER_ATTACK]
         cols += [f"{kind}:{m}:{a}" for m in methods for kind in PER_METHOD]
@@ -189,6 +215,23 @@ def leaderboard_columns(methods: list[str], attacks: list[str]) -> list[str]:
 # ---- markdown -----------------------------------------------------------------------------
 def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _pct_interval(value, low, high) -> str:
+    """"mean ± h" (h: half-width of the 95 % interval), the mean alone without one."""
+    if value is None:
+        return "–"
+    return _pct(value) if low is None or high is None else f"{_pct(value)} ± {100 * (high - low) / 2:.1f}"
+
+
+def _test(entry: dict) -> str:
+    """Whether the headline's re-activation beats its gUAA control, paired over seeds."""
+    if entry.get("worst_reactivation_asr") is None or entry.get("worst_guaa_asr") is None:
+        return "–"
+    p = entry.get("worst_gap_p")
+    if p is None:
+        return "no test (1 seed)"
+    return f"{'yes' if entry.get('worst_gap_significant') else 'no'} (p {p:.3g})"
 
 
 def _num3(value) -> str:
@@ -207,15 +250,19 @@ def _name(entry: dict, candidate: str) -> str:
 
 def _ranking_row(entry: dict, candidate: str) -> list[str]:
     return [str(entry["rank"]) if entry.get("rank") is not None else "–", _name(entry, candidate),
-            _pct(entry["worst_reactivation_asr"]), entry["worst_case"] or "–", _pct(entry["worst_guaa_asr"]),
-            _cost(entry["clean_acc_cost"]), _pct(entry["mean_asr"]), _num3(entry["mean_bec"]), entry["coverage"]]
+            _pct_interval(entry["worst_reactivation_asr"], entry.get("worst_reactivation_asr_low"),
+                          entry.get("worst_reactivation_asr_high")),
+            entry["worst_case"] or "–",
+            _pct_interval(entry["worst_guaa_asr"], entry.get("worst_guaa_asr_low"), entry.get("worst_guaa_asr_high")),
+            _test(entry), _cost(entry["clean_acc_cost"]), _pct(entry["mean_asr"]), _num3(entry["mean_bec"]),
+            entry["coverage"]]
 
 
 def _markdown(board: list[dict], title: str, candidate: str, methods: list[str], attacks: list[str],
               reference_entry: dict | None, figure: str) -> str:
     header = ["rank", "defense", "headline: worst re-activation ASR %", "worst case (attack/method)",
-              "gUAA ASR there %", "clean-acc cost (pp)", "mean ASR %", "mean BEC", "coverage"]
-    align = "|" + "|".join(["---:", "---", "---:", "---"] + ["---:"] * 5) + "|"
+              "gUAA ASR there %", "re-act > gUAA?", "clean-acc cost (pp)", "mean ASR %", "mean BEC", "coverage"]
+    align = "|" + "|".join(["---:", "---", "---:", "---", "---:", "---"] + ["---:"] * 4) + "|"
     lines = [f"# {title}", ""]
     if any(e.get("candidate") or e["defense"] == candidate for e in board):
         lines += [f"Candidate: **{candidate}** (in bold). Lower headline is better.", ""]
@@ -232,7 +279,8 @@ def _markdown(board: list[dict], title: str, candidate: str, methods: list[str],
     if unplotted:
         lines += [f"No re-activation result, so no headline (ranked last, not plotted): {', '.join(unplotted)}.", ""]
     lines += ["Rates in percent; clean-acc cost in percentage points (positive = accuracy lost); "
-              "– = missing or undefined (BEC is undefined when f_A and f_C are too similar).", ""]
+              "– = missing or undefined (BEC is undefined when f_A and f_C are too similar). "
+              f"{_statistics_sentence(board)}", ""]
 
     cols = ["defense", "attack", "seeds", "C-Acc %", "ASR %", "BEC"]
     for m in methods:
@@ -251,6 +299,16 @@ def _markdown(board: list[dict], title: str, candidate: str, methods: list[str],
     return "\n".join(lines)
 
 
+def _statistics_sentence(board: list[dict]) -> str:
+    from benchmark.intervals import INTERVAL_NAME, TEST_NAME
+
+    seeds = sorted({e.get("worst_case_seeds") or 0 for e in board if e.get("worst_case")})
+    if not seeds or seeds == [1]:
+        return "One seed: the values are single measurements, with no interval and no significance test."
+    return (f"± = half-width of the {INTERVAL_NAME} ({', '.join(map(str, seeds))} seeds); "
+            f"re-act > gUAA?: {TEST_NAME} at the worst case.")
+
+
 # ---- figure -------------------------------------------------------------------------------
 def plot_leaderboard(board: list[dict], path: Path, title: str, reference_entry: dict | None = None) -> Path:
     """Scatter of the trade-off: clean-accuracy cost (x) against the headline
@@ -262,6 +320,10 @@ def plot_leaderboard(board: list[dict], path: Path, title: str, reference_entry:
     plotted = [e for e in board if e["worst_reactivation_asr"] is not None and e["clean_acc_cost"] is not None]
     for e in plotted:
         x, y, g = e["clean_acc_cost"], e["worst_reactivation_asr"], e["worst_guaa_asr"]
+        low, high = e.get("worst_reactivation_asr_low"), e.get("worst_reactivation_asr_high")
+        if low is not None and high is not None:  # the 95 % interval over seeds
+            ax.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="none", ecolor="0.3", elinewidth=1,
+                        capsize=3, zorder=2)
         if g is not None:
             ax.plot([x, x], [g, y], color="0.75", linewidth=1, zorder=1)
             ax.scatter([x], [g], marker="_", s=80, color="0.45", zorder=2)
@@ -289,7 +351,9 @@ def plot_leaderboard(board: list[dict], path: Path, title: str, reference_entry:
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("clean-accuracy cost (fraction, 0–1; f_A's clean accuracy minus the defended model's)")
     ax.set_ylabel("worst re-activation ASR (fraction, 0–1; lower is better)")
-    ax.set_title(f"{title}: residual backdoor vs accuracy cost")
+    ax.set_title(f"{title}: residual backdoor vs accuracy cost"
+                 + ("\n(bars: 95 % interval over seeds)" if any(e.get("worst_reactivation_asr_low") is not None
+                                                             for e in plotted) else ""))
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

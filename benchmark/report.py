@@ -6,8 +6,10 @@ listed in PAPER.md ("Metrics", "BEC"); per re-activation method m there are
 "react_asr:m", "react_ra:m", "guaa_asr:m" and optionally ASR-vs-queries
 points "react_asr:m@Nq". Any other key passes through to CSV / JSON.
 
-write_report() writes results.csv / results.json (every row, every key),
-summary.md (mean ± std over seeds) and the figures: bec_vs_asr.png (the
+write_report() writes results.csv / results.json (every row, every key;
+the CSV also gives each row its group's mean and 95 % interval over seeds
+and the paired re-activation-vs-gUAA test, benchmark.intervals), summary.md
+(mean ± interval half-width over seeds) and the figures: bec_vs_asr.png (the
 paper's Figure 1), reactivation_asr.png and, when curve points exist,
 asr_vs_queries.png. summarize() is the aggregation behind summary.md, flat
 so that W&B can log it as a table. load_rows() reads results.json back.
@@ -98,13 +100,22 @@ def _model_rank(models: list) -> dict:
 
 # ---- aggregation ------------------------------------------------------------------------
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean and sample std (ddof=1) over seeds per (dataset, arch, attack, model).
+    """Mean, sample std (ddof=1) and 95 % confidence interval over seeds per
+    (dataset, arch, attack, model), and per re-activation method the paired
+    test of re-activation against its gUAA control (benchmark.intervals).
 
     Each output row has the group keys, `n_seeds` (rows in the group) and for
-    every metric column c: `c_mean`, `c_std` and `c_n` (finite values used).
-    The mean is None without a finite value, the std None with fewer than two,
-    so every row has the same keys (a W&B table needs that)."""
+    every metric column c: `c_mean`, `c_std`, `c_low`, `c_high` (the interval;
+    None with fewer than two finite values) and `c_n` (finite values used).
+    Per method m with both columns: `gap:m_mean/_low/_high/_n` (react_asr -
+    guaa_asr, paired by seed), `gap:m_p` (one-sided p) and
+    `gap:m_significant` (p < 0.05; None without a test). Every row has the
+    same keys (a W&B table needs that)."""
+    from benchmark.intervals import mean_interval, paired_greater
+
     metrics = metric_columns(rows)
+    methods = [m for m in _methods(set().union(*rows) if rows else set())
+               if f"react_asr:{m}" in metrics and f"guaa_asr:{m}" in metrics]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(k) for k in GROUP), []).append(row)
@@ -116,9 +127,22 @@ def summarize(rows: list[dict]) -> list[dict]:
         agg = dict(zip(GROUP, key), n_seeds=len(members))
         for col in metrics:
             vals = [v for r in members if (v := _num(r.get(col))) is not None]
-            agg[f"{col}_mean"] = statistics.fmean(vals) if vals else None
+            interval = mean_interval(vals)
+            agg[f"{col}_mean"] = interval.mean if interval else None
             agg[f"{col}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+            agg[f"{col}_low"] = interval.low if interval else None
+            agg[f"{col}_high"] = interval.high if interval else None
             agg[f"{col}_n"] = len(vals)
+        for m in methods:
+            test = paired_greater([r.get(f"react_asr:{m}") for r in members],
+                                  [r.get(f"guaa_asr:{m}") for r in members])
+            diff = test.difference if test else None
+            agg[f"gap:{m}_mean"] = diff.mean if diff else None
+            agg[f"gap:{m}_low"] = diff.low if diff else None
+            agg[f"gap:{m}_high"] = diff.high if diff else None
+            agg[f"gap:{m}_n"] = diff.n if diff else 0
+            agg[f"gap:{m}_p"] = test.p_value if test else None
+            agg[f"gap:{m}_significant"] = test.significant if test else None
         out.append(agg)
     return out
 
@@ -154,6 +178,37 @@ def _write_csv(rows: list[dict], cols: list[str], path: Path) -> None:
             writer.writerow([_csv_value(row[c]) if c in row else "" for c in cols])
 
 
+def interval_columns(summary: list[dict], metrics: list[str]) -> list[str]:
+    """The group statistics results.csv carries beside each seed's value: per
+    metric (ASR-vs-queries points and seconds left out) its mean over the
+    group's seeds and 95 % interval bounds, then per method the paired
+    re-activation - gUAA difference with its bounds and one-sided p."""
+    cols = ["n_seeds"]
+    for c in metrics:
+        if "@" in c or c == "seconds":
+            continue
+        cols += [f"{c}:mean", f"{c}:ci_low", f"{c}:ci_high"]
+    keys = set().union(*summary) if summary else set()
+    for m in _ordered(k[4:-5] for k in keys if k.startswith("gap:") and k.endswith("_mean")):
+        cols += [f"gap:{m}:mean", f"gap:{m}:ci_low", f"gap:{m}:ci_high", f"gap:{m}:p", f"gap:{m}:significant"]
+    return cols
+
+
+def _with_intervals(rows: list[dict], summary: list[dict], cols: list[str]) -> list[dict]:
+    """Each row plus its (dataset, arch, attack, model) group's statistics in `cols`."""
+    by_group = {tuple(a[k] for k in GROUP): a for a in summary}
+    out = []
+    for row in rows:
+        agg = by_group.get(tuple(row.get(k) for k in GROUP), {})
+        extra = {"n_seeds": agg.get("n_seeds")}
+        for col in cols[1:]:
+            metric, _, stat = col.rpartition(":")
+            name = {"mean": "mean", "ci_low": "low", "ci_high": "high", "p": "p", "significant": "significant"}[stat]
+            extra[col] = agg.get(f"{metric}_{name}")
+        out.append({**row, **extra})
+    return out
+
+
 def _write_json(rows: list[dict], cols: list[str], path: Path) -> None:
     # Each row keeps only its own keys (so load_rows gives back what came in),
     # in the report's column order.
@@ -172,32 +227,60 @@ def load_rows(path: str | Path) -> list[dict]:
 
 # ---- markdown -----------------------------------------------------------------------------
 def _fmt(agg: dict, col: str, pct: bool) -> str:
-    mean, std = agg.get(f"{col}_mean"), agg.get(f"{col}_std")
+    """"mean ± h" with h the half-width of the 95 % interval; the mean alone
+    when there is no interval (one seed)."""
+    mean, low, high = agg.get(f"{col}_mean"), agg.get(f"{col}_low"), agg.get(f"{col}_high")
     if mean is None:
         return "–"
     scale, digits = (100.0, 1) if pct else (1.0, 3)
     text = f"{mean * scale:.{digits}f}"
-    return text if std is None else f"{text} ± {std * scale:.{digits}f}"
+    return text if low is None else f"{text} ± {(high - low) / 2 * scale:.{digits}f}"
+
+
+def _fmt_gap(agg: dict, method: str) -> str:
+    """Re-activation minus gUAA ASR in points, its interval and the paired
+    test: "41.2 ± 3.0 (p 0.003) *", "*" when significant at 0.05."""
+    text = _fmt(agg, f"gap:{method}", True)
+    if text == "–":
+        return text
+    p = agg.get(f"gap:{method}_p")
+    if p is None:
+        return f"{text} (no test: 1 seed)"
+    return f"{text} (p {p:.3g}){' *' if agg.get(f'gap:{method}_significant') else ''}"
+
+
+def seeds_sentence(summary: list[dict]) -> str:
+    """How many seeds the statistics rest on, said plainly."""
+    from benchmark.intervals import INTERVAL_NAME, TEST_NAME
+
+    counts = sorted({a["n_seeds"] for a in summary})
+    if counts == [1]:
+        return ("One seed per row: the values are single measurements, with no interval and no significance test "
+                "(run more seeds for them).")
+    seeds = ", ".join(str(c) for c in counts)
+    return (f"Mean over seeds ({seeds} per row) ± the half-width of the {INTERVAL_NAME}; rows with one seed show "
+            f"the value alone. re-act − gUAA: the paired difference in points, {TEST_NAME}; * = significant.")
 
 
 def _markdown(summary: list[dict], methods: list[str], title: str, figures: list[str]) -> str:
     cols = list(_MD_BASE)
     for m in methods:
         cols += [(f"react_asr:{m}", f"{m} re-act ASR %", True), (f"guaa_asr:{m}", f"{m} gUAA ASR %", True)]
+    gaps = [m for m in methods if any(a.get(f"gap:{m}_mean") is not None for a in summary)]
     lines = [f"# {title}", "",
-             "Mean ± sample std over seeds (std only with more than one seed); rates in percent; "
-             "– = not applicable or missing.", "",
+             seeds_sentence(summary) + " Rates in percent; – = not applicable or missing.", "",
              f"- {BEC_LEGEND}.",
              "- S raw = S(f_A, model): mean over layers of linear CKA on the backdoor-related channels.",
              "- re-act ASR: original trigger + universal perturbation δ on the model; "
              "gUAA ASR: the control, δ optimised on clean inputs, no trigger.", ""]
-    header = ["attack", "model", "seeds"] + [h for _, h, _ in cols]
+    header = ["attack", "model", "seeds"] + [h for _, h, _ in cols] + [f"{m} re-act − gUAA (pts)" for m in gaps]
     for panel in _ordered((a["dataset"], a["arch"]) for a in summary):
         lines += [f"## {panel[0]} / {panel[1]}", "", "| " + " | ".join(header) + " |",
-                  "|" + "|".join(["---"] * 3 + ["---:"] * len(cols)) + "|"]
+                  "|" + "|".join(["---"] * 3 + ["---:"] * (len(cols) + len(gaps))) + "|"]
         for agg in (a for a in summary if (a["dataset"], a["arch"]) == panel):
             cells = [str(agg["attack"]), str(agg["model"]), str(agg["n_seeds"])]
-            lines.append("| " + " | ".join(cells + [_fmt(agg, c, pct) for c, _, pct in cols]) + " |")
+            lines.append("| " + " | ".join(cells + [_fmt(agg, c, pct) for c, _, pct in cols]
+                                           + [_fmt_gap(agg, m) for m in gaps]) + " |")
         lines.append("")
     lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})\n" for f in figures]
     return "\n".join(lines)
@@ -215,7 +298,12 @@ def write_report(rows: list[dict], out_dir: Path, title: str = "Backdoor re-acti
     summary = summarize(rows)
     methods = _methods(set().union(*rows) if rows else set())
     paths = {"csv": out_dir / "results.csv", "json": out_dir / "results.json", "summary": out_dir / "summary.md"}
-    _write_csv(rows, cols, paths["csv"])
+    # results.csv: one row per seed as results.json, and beside each value its
+    # group's mean and 95 % interval over seeds (empty bounds with one seed)
+    stats = interval_columns(summary, metric_columns(rows))
+    known = IDENTITY + metric_columns(rows)
+    _write_csv(_with_intervals(rows, summary, stats),
+               known + stats + [c for c in cols if c not in known], paths["csv"])
     _write_json(rows, cols, paths["json"])
     paths["bec_vs_asr"] = plot_bec_vs_asr(summary, out_dir / "bec_vs_asr.png", title)
     paths["reactivation_asr"] = plot_reactivation(summary, methods, out_dir / "reactivation_asr.png", title)

@@ -44,7 +44,8 @@ class CellSpec:
     training length, which the user sets (`epochs`). The type hints are the
     schema: `validate` checks every value against them (benchmark.schema)."""
     dataset: str = _field("fashion_mnist", "dataset name")
-    arch: str = _field("small_cnn", "architecture: preact_resnet18, small_cnn or timm:<name>")
+    arch: str = _field("small_cnn", "architecture: preact_resnet18, small_cnn, either with a width "
+                                   "(preact_resnet18-w16, small_cnn-w64), or timm:<name>")
     attack: str = _field("badnets", "attack name, or a plugin package.module:Name / file.py:Name")
     defenses: tuple[str, ...] = _field(("ft", "nad"), "defense names or plugins (package.module:Class, "
                                        "path/to/file.py:Class)")

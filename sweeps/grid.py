@@ -15,6 +15,10 @@ checked before anything runs.
                                        # training module's options
     defense_params: {ft: {epochs: 20}}
     reactivation_params: {wba: {epochs: 10}}
+    per_arch:                          # optional: one architecture's own attacks, seeds,
+      preact_resnet18-w16: {seeds: [0], defenses: [ft-sam, fst], cell: {epochs: 20}}
+                                       # defenses and cell settings (a capacity ladder:
+                                       # sweeps/reproduce.yaml)
     executor: {jobs_per_gpu: 1, cpu_workers: 1}  # or {backend: slurm, ...}: sweeps/slurm.py
     kind: classifier                   # or clip: CLIP cells (benchmark/clip_spec.py
                                        # fields under `cell`; CLIP attacks and defenses)
@@ -67,22 +71,34 @@ class Grid:
     data_dir: Path = Path("data")
     wandb_project: str = "backdoor-reactivation"
     kind: str = "classifier"
+    #: per architecture: its own "attacks", "seeds", "defenses" and "cell" settings (merged
+    #: over the grid's), so that a ladder of capacities can give each rung what
+    #: its cost allows
+    per_arch: dict = field(default_factory=dict)
+
+    def arch_settings(self, arch: str) -> tuple[list[str], list[int], list[str], dict]:
+        """(attacks, seeds, defenses, cell settings) of `arch`: the grid's,
+        with its `per_arch` entry applied."""
+        own = self.per_arch.get(arch, {})
+        return (list(own.get("attacks", self.attacks)), list(own.get("seeds", self.seeds)),
+                list(own.get("defenses", self.defenses)), {**self.cell, **own.get("cell", {})})
 
     def cells(self) -> list[CellSpec | ClipCellSpec]:
         spec_class = ClipCellSpec if self.kind == "clip" else CellSpec
         specs = []
         for dataset in self.datasets:
             for arch in self.archs:
-                for attack in self.attacks:
-                    for seed in self.seeds:
+                attacks, seeds, defenses, cell = self.arch_settings(arch)
+                for attack in attacks:
+                    for seed in seeds:
                         # A classifier attack's options go to its training module or its
                         # trigger by name (CellSpec.validate); a CLIP attack's are its trigger's.
                         options = self.attack_params.get(attack, {})
                         options = {"trigger_params": options} if self.kind == "clip" else {"attack_params": options}
                         spec = spec_class(dataset=dataset, arch=arch, attack=attack, seed=seed,
-                                        defenses=tuple(self.defenses), reactivations=tuple(self.reactivations),
+                                        defenses=tuple(defenses), reactivations=tuple(self.reactivations),
                                         defense_params=self.defense_params,
-                                        reactivation_params=self.reactivation_params, **options, **self.cell)
+                                        reactivation_params=self.reactivation_params, **options, **cell)
                         spec.validate()
                         specs.append(spec)
         return specs
@@ -111,6 +127,43 @@ def _plain_list(raw: dict, key: str, path: Path, kind=str) -> list:
                                                            for v in value):
         raise ConfigError(f"{path}: '{key}' must be a non-empty list of {kind.__name__}s")
     return value
+
+
+PER_ARCH_FIELDS = ("attacks", "seeds", "defenses", "cell")
+
+
+def _per_arch(raw: dict, path: Path, archs: list[str], attack_registry, defense_registry,
+              cell_fields: list[str]) -> dict:
+    """The checked `per_arch` mapping: architecture (one of `archs`) -> its
+    own attacks, seeds, defenses and cell settings."""
+    value = raw.get("per_arch") or {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError(f"{path}: 'per_arch' maps an architecture of 'archs' to its own "
+                          f"{', '.join(PER_ARCH_FIELDS)}")
+    out = {}
+    for arch, own in value.items():
+        where = f"{path}: per_arch.{arch}"
+        if arch not in archs:
+            raise ConfigError(f"{where}: {arch!r} is not in 'archs' ({', '.join(archs)})")
+        unknown = sorted(set(own) - set(PER_ARCH_FIELDS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {', '.join(PER_ARCH_FIELDS)}")
+        checked = {}
+        if "seeds" in own:
+            checked["seeds"] = _plain_list(own, "seeds", Path(where), int)
+            if any(s < 0 for s in checked["seeds"]):
+                raise ConfigError(f"{where}: seeds must be non-negative, got {checked['seeds']}")
+        if "attacks" in own:
+            checked["attacks"] = _names(own, "attacks", attack_registry, Path(where), exclude=("clean",))
+        if "defenses" in own:
+            checked["defenses"] = _names(own, "defenses", defense_registry, Path(where))
+        if "cell" in own:
+            cell = own["cell"]
+            if not isinstance(cell, dict) or set(cell) - set(cell_fields):
+                raise ConfigError(f"{where}: 'cell' accepts {', '.join(cell_fields)}; got {sorted(cell or {})}")
+            checked["cell"] = dict(cell)
+        out[str(arch)] = checked
+    return out
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -174,6 +227,7 @@ def load_grid(path: str | Path) -> Grid:
             raise ConfigError(f"{path}: '{key}' maps a method name to its parameters")
         for name in value:
             registry.get(name)
+    per_arch = _per_arch(raw, path, archs, attack_registry, defense_registry, cell_fields)
     name = str(raw.get("name") or path.stem)
     grid = Grid(name=name, path=path, datasets=datasets, archs=archs, attacks=attacks, defenses=defenses,
                 reactivations=reactivations, seeds=seeds, cell=cell, attack_params=raw.get("attack_params") or {},
@@ -181,6 +235,7 @@ def load_grid(path: str | Path) -> Grid:
                 reactivation_params=raw.get("reactivation_params") or {}, executor=executor,
                 store=Path(raw.get("store", "store")), output=Path(raw.get("output", f"runs/{name}")),
                 data_dir=Path(raw.get("data_dir", "data")),
-                wandb_project=str(raw.get("wandb_project", "backdoor-reactivation")), kind=kind)
+                wandb_project=str(raw.get("wandb_project", "backdoor-reactivation")), kind=kind,
+                per_arch=per_arch)
     grid.cells()  # every value checked now, before any job
     return grid

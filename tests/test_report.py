@@ -91,10 +91,12 @@ def test_summary_mean_std(tmp_path):
     assert BEC_LEGEND in text
     mean = 100 * (FT_A_ASR[0] + FT_A_ASR[1]) / 2                                  # 15.0
     std = 100 * math.sqrt(sum((v - 0.15) ** 2 for v in FT_A_ASR.values()) / 1)   # sample std: 7.1
+    # ± is the half-width of the 95 % t interval: t(0.975, df=1) = 12.706 (tables), x s / sqrt(2)
+    half = 12.7062047 * std / math.sqrt(2)                                           # 63.5
     line = next(l for l in text.splitlines() if l.startswith("| A | ft |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[2] == "2"
-    assert cells[4] == f"{mean:.1f} ± {std:.1f}" == "15.0 ± 7.1"
+    assert cells[4] == f"{mean:.1f} ± {half:.1f}" == "15.0 ± 63.5"
     ref = next(l for l in text.splitlines() if l.startswith("| A | clean |"))
     assert "| – |" in ref  # DER of the clean model
 
@@ -120,7 +122,8 @@ def test_missing_metrics_do_not_crash(tmp_path):
         assert p.exists()
     text = (tmp_path / "summary.md").read_text()
     line = next(l for l in text.splitlines() if l.startswith("| C | ft |"))
-    assert line.count("–") == 12  # 8 base metrics + 2 methods x (re-act, gUAA)
+    # 8 base metrics + 2 methods x (re-act, gUAA) + 2 methods' re-act - gUAA differences
+    assert line.count("–") == 14
     back = load_rows(tmp_path)
     assert back[-2]["bec"] is None and back[-1] == lonely  # NaN is written as JSON null
     agg = next(a for a in summarize(rows + [broken]) if (a["attack"], a["model"]) == ("A", "ft"))

@@ -49,16 +49,20 @@ class PreActResNet18(nn.Module):
     # the previous conv2 or with a 1x1 shortcut conv, which is wrong.
     conv_bn_pairs = [(f"layer{s}.{b}.conv1", f"layer{s}.{b}.bn2") for s in range(1, 5) for b in range(2)]
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64):
         super().__init__()
-        self.in_planes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        self.layer1 = self._make_layer(64, 2, 1)
-        self.layer2 = self._make_layer(128, 2, 2)
-        self.layer3 = self._make_layer(256, 2, 2)
-        self.layer4 = self._make_layer(512, 2, 2)
+        # `width` is the first stage's channel count (the paper's model: 64;
+        # stages double it: w, 2w, 4w, 8w). Reduced widths keep every layer
+        # BEC and NAD are defined on, and divide the compute by (64 / w)^2.
+        w = width
+        self.in_planes = w
+        self.conv1 = nn.Conv2d(in_channels, w, 3, stride=1, padding=1, bias=False)
+        self.layer1 = self._make_layer(w, 2, 1)
+        self.layer2 = self._make_layer(2 * w, 2, 2)
+        self.layer3 = self._make_layer(4 * w, 2, 2)
+        self.layer4 = self._make_layer(8 * w, 2, 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(8 * w, num_classes)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = []

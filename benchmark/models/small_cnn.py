@@ -20,6 +20,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16):
         super().__init__()
+        # `width` is conv1's channel count (conv2: 2w, conv3: 4w).
         w = width
         self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
         # Pooling after every block keeps the cost at ~2 M multiply-adds per
