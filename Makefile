@@ -14,7 +14,7 @@ STORE ?= store
 
 GRID ?= sweeps/demo.yaml
 
-.PHONY: help install test test-slow test-science test-slurm test-attacks test-clip bench demo demo-clip cell sweep sweep-cifar10 score report wandb-sync fashion-mnist wordnet clean-store
+.PHONY: help install test test-slow test-science test-slurm test-attacks test-clip bench demo demo-clip reproduce cell sweep sweep-cifar10 score report wandb-sync fashion-mnist wordnet clean-store
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,10 @@ demo-clip: install fashion-mnist wordnet ## the CLIP demo cell on Fashion-MNIST 
 
 demo: install fashion-mnist ## the demo grid on Fashion-MNIST (CPU, ~15 min): BadNets and Blended x the paper's defenses, BEC, WBA + gUAA, report
 	$(PY) -m sweeps run sweeps/demo.yaml
+
+reproduce: install fashion-mnist ## the paper's protocol on a ladder of model capacities with seeds (~90 min on 2 cores, resumable) -> docs/results-fashion-mnist.md
+	$(PY) -m sweeps run sweeps/reproduce.yaml
+	$(PY) -m sweeps results-page sweeps/reproduce.yaml --page docs/results-fashion-mnist.md
 
 cell: install fashion-mnist ## one cell on Fashion-MNIST: BadNets vs FT and NAD at their defaults, BEC, WBA
 	$(PY) -m benchmark cell --dataset fashion_mnist --arch small_cnn --attack badnets --defenses ft nad \

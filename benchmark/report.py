@@ -254,6 +254,8 @@ def seeds_sentence(summary: list[dict]) -> str:
     from benchmark.intervals import INTERVAL_NAME, TEST_NAME
 
     counts = sorted({a["n_seeds"] for a in summary})
+    if not counts:
+        return "No results in the store yet."
     if counts == [1]:
         return ("One seed per row: the values are single measurements, with no interval and no significance test "
                 "(run more seeds for them).")

@@ -1,5 +1,7 @@
 """`python -m sweeps run GRID` runs a grid file; `report GRID` rewrites its
-report from the store; `wandb-sync GRID` uploads its offline W&B runs."""
+report from the store; `results-page GRID --page PATH` writes a capacity
+ladder's results page (benchmark/results_page.py); `wandb-sync GRID` uploads
+its offline W&B runs."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +31,13 @@ def main(argv=None) -> int:
     report.add_argument("--store", default=None)
     report.add_argument("--data-dir", default=None)
     report.add_argument("--output", default=None)
+    page = sub.add_parser("results-page", help="write a ladder's results page and figures from the store "
+                                               "(make reproduce: docs/results-fashion-mnist.md)")
+    page.add_argument("grid")
+    page.add_argument("--page", default="docs/results-fashion-mnist.md", help="the markdown file to write; its "
+                      "figures go to figures/<grid name>/ beside it")
+    page.add_argument("--store", default=None)
+    page.add_argument("--data-dir", default=None)
     sync = sub.add_parser("wandb-sync", help="upload the grid's offline W&B runs")
     sync.add_argument("grid")
     sync.add_argument("--output", default=None)
@@ -77,6 +86,13 @@ def _dispatch(args, console: Console) -> int:
 
     store = ArtifactStore(grid.store)
     graph = build_graph(grid, store)
+    if args.command == "results-page":
+        from pathlib import Path
+
+        from benchmark.results_page import write_results_page
+
+        console.print(f"results page written: {write_results_page(graph, Path(args.page))}")
+        return 0
     if args.command == "report":
         paths = collect(graph, console)
         console.print(f"report written to {grid.output}: " + ", ".join(p.name for p in paths.values()))

@@ -42,3 +42,25 @@ def test_model_holds_its_normalisation():
 def test_unknown_architecture_lists_choices():
     with pytest.raises(UnknownNameError, match="preact_resnet18.*small_cnn"):
         build_model("resnet1000", 10, 3, 32, (0.5,), (0.5,))
+
+
+@pytest.mark.parametrize("arch,first,last", [("small_cnn-w8", 8, 32), ("preact_resnet18-w4", 4, 32),
+                                             ("preact_resnet18", 64, 512), ("small_cnn", 16, 64)])
+def test_width_in_the_architecture_name(arch, first, last):
+    """`<name>-w<width>` sets the first stage's channels; the later stages keep
+    their ratios (small CNN 1:2:4, PreAct-ResNet18 1:2:4:8) and every layer
+    BEC, NAD, FP and CLP use is still there."""
+    model = build_model(arch, 10, 1, 28, (0.5,), (0.5,))
+    backbone = model.backbone if hasattr(model, "backbone") else model
+    convs = [m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].out_channels == first
+    assert model.get_submodule(model.head_layer).in_features == last
+    base = build_model(arch.split("-w")[0], 10, 1, 28, (0.5,), (0.5,))
+    assert model.bec_layers == base.bec_layers and model.attention_layers == base.attention_layers
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("arch", ["small_cnn-w0", "small_cnn-8", "resnet-w8", "small_cnn-wide"])
+def test_bad_width_names_are_refused(arch):
+    with pytest.raises(UnknownNameError, match="architecture"):
+        build_model(arch, 10, 1, 28, (0.5,), (0.5,))

@@ -57,11 +57,35 @@ def test_expansion_and_deduplication(tmp_path):
     ({"cell": {"epoch": 3}}, ConfigError, "accepts"),
     ({"flavour": "vanilla"}, ConfigError, "unknown key"),
     ({"reactivation_params": {"wba": {"stepz": 1}}}, ConfigError, "re-activation 'wba'"),
+    ({"per_arch": {"preact_resnet18": {"seeds": [1]}}}, ConfigError, "not in 'archs'"),
+    ({"per_arch": {"small_cnn": {"epochs": 3}}}, ConfigError, "unknown key"),
+    ({"per_arch": {"small_cnn": {"defenses": ["fine-tune"]}}}, UnknownNameError, "nad"),
+    ({"per_arch": {"small_cnn": {"cell": {"epoch": 3}}}}, ConfigError, "accepts"),
+    ({"per_arch": {"small_cnn": {"seeds": [-1]}}}, ConfigError, "non-negative"),
+    ({"archs": ["small_cnn-w0"]}, UnknownNameError, "width"),
 ])
 def test_bad_grid_fails_before_any_job(tmp_path, change, error, match):
     with pytest.raises(error, match=match):
         build_graph(load_grid(_grid_file(tmp_path, **change)))
     assert not (tmp_path / "store").exists()
+
+
+def test_per_arch_settings_make_a_ladder(tmp_path):
+    """A ladder gives each rung its own seeds, attacks, defenses and cell
+    settings; the others keep the grid's."""
+    grid = load_grid(_grid_file(tmp_path, archs=["small_cnn", "preact_resnet18-w2"], seeds=[0, 1],
+                                attacks=["badnets", "blended"],
+                                per_arch={"preact_resnet18-w2": {"seeds": [0], "attacks": ["badnets"],
+                                                                 "defenses": ["ft"], "cell": {"epochs": 1}}}))
+    cells = grid.cells()
+    small = [c for c in cells if c.arch == "small_cnn"]
+    ladder = [c for c in cells if c.arch == "preact_resnet18-w2"]
+    assert len(small) == 4 and {(c.attack, c.seed) for c in small} == {(a, s) for a in ("badnets", "blended")
+                                                                       for s in (0, 1)}
+    assert all(c.defenses == ("none", "ft") and c.epochs == 2 and c.batch_size == 64 for c in small)
+    assert len(ladder) == 1
+    assert (ladder[0].attack, ladder[0].seed, ladder[0].defenses, ladder[0].epochs) == ("badnets", 0, ("ft",), 1)
+    assert ladder[0].batch_size == 64  # the grid's cell settings still apply under the rung's own
 
 
 def test_malformed_yaml_and_missing_dataset(tmp_path, capsys):
@@ -110,6 +134,10 @@ def test_sweep_end_to_end_wandb_and_report(tmp_path):
     assert {"test/asr", "test/clean_acc", "similarity"} <= summary_keys
     assert "train/loss_epoch" in history_keys
     assert "synthetic/small_cnn/badnets/seed0" in groups
+    # the summary run's table carries the statistics over seeds (intervals, the paired test)
+    summary_run = next(r for r in runs if any(r.glob("files/media/table/summary_*.table.json")))
+    table = json.loads(next(summary_run.glob("files/media/table/summary_*.table.json")).read_text())
+    assert {"n_seeds", "asr_mean", "asr_low", "asr_high", "gap:wba_mean", "gap:wba_p"} <= set(table["columns"])
     # a second run is served from the store
     again = _run_sweep(grid_file, _env(tmp_path))
     assert again.returncode == 0 and f"{len(graph)} jobs" in again.stderr
