@@ -32,10 +32,10 @@ test: install wordnet ## fast test suite (CPU, synthetic data, a few minutes)
 	$(PY) -m pytest -q
 
 test-slow: install fashion-mnist wordnet ## science tests on real Fashion-MNIST that CI runs (~30 min)
-	$(PY) -m pytest -q -m "slow and not attack_science and not full_science and not clip_science" --override-ini="addopts="
+	$(PY) -m pytest -q -m "slow and not attack_science and not full_science and not clip_science and not reproduce" --override-ini="addopts="
 
 test-science: install fashion-mnist ## every claim on the demo's cells (all defenses that worked, TBRA, controls) and SSBA's invisibility (~60 min)
-	$(PY) -m pytest -q -s -m "full_science or (slow and not attack_science and not clip_science)" --override-ini="addopts="
+	$(PY) -m pytest -q -s -m "full_science or (slow and not attack_science and not clip_science and not reproduce)" --override-ini="addopts="
 
 # The local cluster needs root (packages, daemons); sudo is used when not root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -62,6 +62,7 @@ demo: install fashion-mnist ## the demo grid on Fashion-MNIST (CPU, ~15 min): Ba
 reproduce: install fashion-mnist ## the paper's protocol on a ladder of model capacities with seeds (~90 min on 2 cores, resumable) -> docs/results-fashion-mnist.md
 	$(PY) -m sweeps run sweeps/reproduce.yaml
 	$(PY) -m sweeps results-page sweeps/reproduce.yaml --page docs/results-fashion-mnist.md
+	$(PY) -m pytest -q -s -m reproduce --override-ini="addopts=" tests/test_reproduce.py
 
 cell: install fashion-mnist ## one cell on Fashion-MNIST: BadNets vs FT and NAD at their defaults, BEC, WBA
 	$(PY) -m benchmark cell --dataset fashion_mnist --arch small_cnn --attack badnets --defenses ft nad \
