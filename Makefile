@@ -14,7 +14,7 @@ STORE ?= store
 
 GRID ?= sweeps/demo.yaml
 
-.PHONY: help install test test-slow test-science test-slurm test-attacks test-clip bench demo demo-clip reproduce cell sweep sweep-cifar10 score report wandb-sync fashion-mnist wordnet clean-store
+.PHONY: help install test test-slow test-science test-slurm test-attacks test-clip bench demo demo-clip reproduce cell sweep sweep-cifar10 score report wandb-sync wandb-dashboard fashion-mnist wordnet clean-store
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-14s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ report: install ## rewrite a grid's report from the store: make report GRID=swee
 
 wandb-sync: install ## upload a grid's offline W&B runs: make wandb-sync GRID=sweeps/<grid>.yaml
 	$(PY) -m sweeps wandb-sync $(GRID)
+
+wandb-dashboard: install ## save a grid's W&B workspace and report (after wandb-sync): make wandb-dashboard GRID=sweeps/<grid>.yaml
+	$(PY) -m sweeps wandb-dashboard $(GRID)
 
 fashion-mnist: ## install Debian's dataset-fashion-mnist when it is missing and apt is usable (else torchvision downloads it)
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \

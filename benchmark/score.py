@@ -138,7 +138,7 @@ def run_score(args) -> int:
     paths = write_leaderboard(board, out_dir, title, args.defense, methods, grid_attacks(rows),
                               reference=reference(rows, methods))
     log_leaderboard(project=grid.wandb_project, save_dir=out_dir, name=f"{grid.name}:{slug(args.defense)}",
-                    board=board, figure_path=paths["figure"])
+                    board=board, figure_path=paths["figure"], grid=grid.name)
     table_console().print(board_table(board, args.defense, title))
     console.print(f"leaderboard: {paths['markdown']}, {paths['csv']}, {paths['figure']}")
     for job_id, log in outcome.failed.items():

@@ -129,9 +129,10 @@ def _table(rows: list[dict]):
 
 
 def _log_run(*, project: str, save_dir: Path, group: str, job_type: str, name: str, tables: dict[str, list[dict]],
-             figures: dict[str, Path]) -> str | None:
-    """One run holding `tables` (name -> rows) and the PNG `figures` that
-    exist; returns its local run directory, or None when W&B is disabled."""
+             figures: dict[str, Path], charts=None, config: dict | None = None) -> str | None:
+    """One run holding `tables` (name -> rows), the PNG `figures` that exist
+    and what `charts()` returns (key -> W&B chart or table, built once W&B is
+    imported); returns its local run directory, or None when W&B is disabled."""
     mode = wandb_mode()
     if mode == "disabled":
         return None
@@ -140,9 +141,10 @@ def _log_run(*, project: str, save_dir: Path, group: str, job_type: str, name: s
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=project, dir=str(save_dir), group=group, job_type=job_type, name=name, mode=mode,
-                     settings=_settings(), reinit="finish_previous")
+                     config=dict(config or {}), settings=_settings(), reinit="finish_previous")
     try:
         payload = {key: _table(rows) for key, rows in tables.items()}
+        payload.update(charts() if charts is not None else {})
         for key, path in figures.items():
             if path is not None and Path(path).suffix.lower() == ".png" and Path(path).exists():
                 payload[f"figures/{key}"] = wandb.Image(str(path))
@@ -155,25 +157,40 @@ def _log_run(*, project: str, save_dir: Path, group: str, job_type: str, name: s
 
 def log_summary(*, project: str, save_dir: Path, grid_name: str, rows: list[dict],
                 summary_rows: list[dict], figures: dict[str, Path]) -> str | None:
-    """One "summary" run per grid holding the results tables and report
-    figures; returns its local run directory, or None when disabled."""
+    """One "summary" run per grid holding the results tables, the charts
+    built on them (benchmark/wandb_charts.py) and the report's figures;
+    returns its local run directory, or None when disabled."""
+    from benchmark.wandb_charts import chart_payload
+
     return _log_run(project=project, save_dir=save_dir, group=grid_name, job_type="summary",
-                    name=f"summary:{grid_name}", tables={"results": rows, "summary": summary_rows}, figures=figures)
+                    name=f"summary:{grid_name}", tables={"results": rows, "summary": summary_rows}, figures=figures,
+                    charts=lambda: chart_payload(rows, summary_rows, _table),
+                    config={"grid": grid_name, "stage": "summary"})
+
+
+def run_folders(save_dir: Path) -> list[Path]:
+    """The folders holding a grid's W&B runs: `<output>/wandb` (stages and the
+    summary) and `<output>/score/<defense>/wandb` for each `bdbench score`
+    (its workers' runs and the leaderboard run)."""
+    save_dir = Path(save_dir)
+    return [save_dir / "wandb"] + sorted(p for p in save_dir.glob("score/*/wandb") if p.is_dir())
 
 
 def sync_command(save_dir: Path) -> list[str]:
-    """`wandb sync` over the run folder under save_dir. Given a folder, wandb
-    syncs every run in it without asking; runs made online (already uploaded)
-    and runs synced before are skipped. `python -m wandb` rather than a bare
-    `wandb` so the venv's copy is used even when its bin/ is not on PATH."""
+    """`wandb sync` over the run folders of a grid (run_folders). Given a
+    folder, wandb syncs every run in it without asking; runs made online
+    (already uploaded) and runs synced before are skipped. `python -m wandb`
+    rather than a bare `wandb` so the venv's copy is used even when its bin/
+    is not on PATH."""
     return [sys.executable, "-m", "wandb", "sync", "--no-include-online", "--no-include-synced",
-            str(Path(save_dir) / "wandb")]
+            *(str(p) for p in run_folders(save_dir))]
 
 
 def log_leaderboard(*, project: str, save_dir: Path, name: str, board: list[dict],
-                    figure_path: Path | None) -> str | None:
+                    figure_path: Path | None, grid: str | None = None) -> str | None:
     """One "leaderboard" run holding the ranked defenses as a table and the
     cost-vs-headline figure; returns its local run directory, or None when
     disabled."""
     return _log_run(project=project, save_dir=save_dir, group=name, job_type="leaderboard",
-                    name=f"leaderboard:{name}", tables={"leaderboard": board}, figures={"leaderboard": figure_path})
+                    name=f"leaderboard:{name}", tables={"leaderboard": board}, figures={"leaderboard": figure_path},
+                    config={"grid": grid or name, "stage": "leaderboard"})

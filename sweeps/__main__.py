@@ -1,7 +1,8 @@
 """`python -m sweeps run GRID` runs a grid file; `report GRID` rewrites its
 report from the store; `results-page GRID --page PATH` writes a capacity
 ladder's results page (benchmark/results_page.py); `wandb-sync GRID` uploads
-its offline W&B runs."""
+its offline W&B runs; `wandb-dashboard GRID` saves its W&B workspace and
+report (benchmark/wandb_dashboard.py)."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,12 @@ def main(argv=None) -> int:
     sync = sub.add_parser("wandb-sync", help="upload the grid's offline W&B runs")
     sync.add_argument("grid")
     sync.add_argument("--output", default=None)
+    board = sub.add_parser("wandb-dashboard", help="save the grid's W&B workspace and report (after wandb-sync); "
+                                                   "writes their spec to <output>/wandb/dashboard.json")
+    board.add_argument("grid")
+    board.add_argument("--output", default=None)
+    board.add_argument("--entity", default=None, help="W&B entity (default: WANDB_ENTITY, else your default one)")
+    board.add_argument("--spec", default=None, help="apply a dashboard.json written earlier instead of building it")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     try:
@@ -78,6 +85,10 @@ def _dispatch(args, console: Console) -> int:
         from benchmark.wandb_logging import sync_command
 
         return subprocess.call(sync_command(grid.output))
+    if args.command == "wandb-dashboard":
+        from benchmark.wandb_dashboard import save_dashboard
+
+        return save_dashboard(grid, args.spec, args.entity, echo=lambda line: print(line, file=sys.stderr))
 
     from benchmark.store import ArtifactStore
     from sweeps.collect import collect

@@ -138,7 +138,8 @@ class LocalExecutor:
             env["CUDA_VISIBLE_DEVICES"] = device
         command = [sys.executable, "-m", "sweeps.worker", "--serve", "--store", str(self.graph.store.root),
                    "--data-dir", str(grid.data_dir), "--output", str(self.output), "--project", grid.wandb_project,
-                   "--checkpoint-every", str(self.checkpoint_every)] + (["--compile"] if self.compile else [])
+                   "--grid", grid.name, "--checkpoint-every", str(self.checkpoint_every)]
+        command += ["--compile"] if self.compile else []
         self.log_dir.mkdir(parents=True, exist_ok=True)
         worker = Worker(command, env, self.log_dir / f"worker-{slot}.log", slot, self.events)
         self.workers[slot] = worker

@@ -96,7 +96,7 @@ def _checkpointable():
         requeues this same call, and the stage resumes from its checkpoint."""
 
         def __call__(self, store: str, data_dir: str, output: str, project: str, spec_text: str, job_id: str,
-                     checkpoint_every: int, compile: bool = False) -> str:
+                     checkpoint_every: int, compile: bool = False, grid: str = "") -> str:
             import torch
 
             from sweeps.worker import JobRunner
@@ -104,7 +104,8 @@ def _checkpointable():
             cpus = os.environ.get("SLURM_CPUS_PER_TASK")
             if cpus:
                 torch.set_num_threads(int(cpus))
-            runner = JobRunner(store, data_dir, output, project, checkpoint_every=checkpoint_every, compile=compile)
+            runner = JobRunner(store, data_dir, output, project, checkpoint_every=checkpoint_every, compile=compile,
+                               grid=grid)
             runner.run(spec_text, job_id)
             return job_id
 
@@ -190,7 +191,7 @@ class SlurmExecutor:
             job = self._executor(folder, node.job.kind, after).submit(
                 _checkpointable(), str(graph.store.root.resolve()), str(Path(graph.grid.data_dir).resolve()),
                 str(self.output), graph.grid.wandb_project, graph.spec_json(job_id), job_id, self.checkpoint_every,
-                self.compile)
+                self.compile, graph.grid.name)
             followed[job_id] = state[job_id] = {"slurm": job.job_id, "log": str(job.paths.stderr)}
             self._save_state(state)
         self.console.print(f"SLURM: {len(pending) - earlier_ones} jobs submitted (logs under {folder}), "

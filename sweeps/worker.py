@@ -25,13 +25,34 @@ from pathlib import Path
 import torch
 
 
+def stage_model(kind: str, label: str) -> str | None:
+    """The model a stage made or measured, as the results rows name it
+    ("clean", "backdoored" or the defense), read from the job's label
+    (benchmark/stages: reactivation.label, bec.label); None for stages that
+    concern no single model (trigger preparation, the clean model under the
+    trigger)."""
+    if kind == "train":
+        return "clean"
+    if kind == "attack":
+        return "backdoored"
+    if kind == "defense":
+        return label
+    if kind in ("reactivation", "guaa", "controls") and " vs " in label:
+        return label.split(" vs ", 1)[1]
+    if kind == "bec" and label.startswith("S(f_A, ") and label.endswith(")"):
+        return label[len("S(f_A, "):-1]
+    return None
+
+
 class JobRunner:
     """Runs jobs, caching data modules and cells across them."""
 
     def __init__(self, store: str, data_dir: str, output: str, project: str, checkpoint_every: int = 5,
-                 compile: bool = False):
+                 compile: bool = False, grid: str = ""):
         from benchmark.store import ArtifactStore
 
+        #: the grid's name, in every stage run's W&B config (dashboards filter on it)
+        self.grid = grid
         self.store = ArtifactStore(store)
         self.checkpoint_every, self.compile = checkpoint_every, compile
         self.data_dir, self.output, self.project = data_dir, Path(output), project
@@ -60,8 +81,11 @@ class JobRunner:
         job = next((j for j in cell.jobs if j.id == job_id), None)
         if job is None:
             raise LookupError(f"job {job_id} is not in the plan of cell {cell.name}")
-        run_config = {"dataset": spec.dataset, "arch": job.config.get("model", {}).get("arch", spec.arch),
-                      "attack": spec.attack, "seed": spec.seed, "stage": job.kind, "job": job.label,
+        # The config keys W&B panels filter and group on (README, "Weights & Biases");
+        # benchmark/wandb_dashboard.py builds on these names.
+        run_config = {"grid": self.grid, "dataset": spec.dataset,
+                      "arch": job.config.get("model", {}).get("arch", spec.arch), "attack": spec.attack, "seed": spec.seed, "stage": job.kind, "job": job.label,
+                      "model": stage_model(job.kind, job.label),
                       "defense": job.config.get("defense"), "method": job.config.get("method"),
                       "key": job.key, "inputs": job.input_keys, "config": job.config}
         logger = stage_logger(project=self.project, save_dir=self.output, cell=cell.name, kind=job.kind,
@@ -116,6 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--output", required=True, help="grid output directory (W&B runs go below it)")
     parser.add_argument("--project", default="backdoor-reactivation")
+    parser.add_argument("--grid", default="", help="the grid's name (recorded in every stage run's W&B config)")
     parser.add_argument("--checkpoint-every", type=int, default=5, help="epochs between a fit's checkpoints")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model of f_C/f_A training")
     args = parser.parse_args(argv)
@@ -125,7 +150,8 @@ def main(argv=None) -> int:
     threads = os.environ.get("BDBENCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
-    runner = JobRunner(args.store, args.data_dir, args.output, args.project, args.checkpoint_every, args.compile)
+    runner = JobRunner(args.store, args.data_dir, args.output, args.project, args.checkpoint_every, args.compile,
+                       grid=args.grid)
     if args.serve:
         return serve(runner)
     try:

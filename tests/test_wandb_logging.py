@@ -224,3 +224,5 @@ def test_sync_command_targets_the_offline_runs(tmp_path):
     cmd = wl.sync_command(tmp_path)
     assert cmd[1:4] == ["-m", "wandb", "sync"] and cmd[-1] == str(tmp_path / "wandb")
     assert "--no-include-online" in cmd
+    (tmp_path / "score" / "mine" / "wandb").mkdir(parents=True)  # a `bdbench score` beside the grid
+    assert wl.sync_command(tmp_path)[-2:] == [str(tmp_path / "wandb"), str(tmp_path / "score" / "mine" / "wandb")]
