@@ -127,20 +127,23 @@ def parameter_count(arch: str, dm) -> int:
 
 
 def rung_costs(graph) -> dict[str, dict]:
-    """Per architecture: jobs, the sum of their seconds (several run at once)
-    and the wall span from the first job's start to the last one's end, read
-    from the store's records."""
+    """Per architecture: jobs planned and done, the sum of the done jobs'
+    seconds (several run at once) and the wall span from the first job's
+    start to the last one's end (None before any), from the store's records."""
     out: dict[str, dict] = {}
     for node in graph.nodes.values():
+        cost = out.setdefault(node.cell.spec.arch, {"planned": 0, "jobs": 0, "job_seconds": 0.0,
+                                                    "start": None, "end": None})
+        cost["planned"] += 1
         if not graph.store.has(node.job.kind, node.job.key):
             continue
         meta = graph.store.load(node.job.kind, node.job.key).meta
         seconds = float(meta.get("seconds") or 0.0)
         end = datetime.datetime.strptime(meta["created"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
-        cost = out.setdefault(node.cell.spec.arch, {"jobs": 0, "job_seconds": 0.0, "start": end, "end": end})
         cost["jobs"] += 1
         cost["job_seconds"] += seconds
-        cost["start"], cost["end"] = min(cost["start"], end - seconds), max(cost["end"], end)
+        cost["start"] = end - seconds if cost["start"] is None else min(cost["start"], end - seconds)
+        cost["end"] = end if cost["end"] is None else max(cost["end"], end)
     return out
 
 

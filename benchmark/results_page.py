@@ -85,7 +85,7 @@ def _rung_table(grid, summary: list[dict], params: dict[str, int], costs: dict[s
         cost = costs.get(arch, {})
         done = cost.get("jobs", 0)
         lines.append(f"| {arch} | {params[arch]:,} | {cell.get('epochs')} | {', '.join(map(str, seeds))} | "
-                     f"{', '.join(attacks)} | {', '.join(defenses)} | {done} | "
+                     f"{', '.join(attacks)} | {', '.join(defenses)} | {done} of {cost.get('planned', 0)} | "
                      f"{_duration(cost['job_seconds']) if done else '–'} | "
                      f"{_duration(cost['end'] - cost['start']) if done else '–'} |")
     return lines
@@ -98,6 +98,29 @@ def _panel(summary: list[dict], arch: str) -> list[str]:
         cells = [agg["attack"], agg["model"], str(agg["n_seeds"])] + [_fmt(agg, c, pct) for c, _, pct in TABLE]
         lines.append("| " + " | ".join(cells + [_fmt_gap(agg, METHOD)]) + " |")
     return lines
+
+
+def _per_seed(rows: list[dict]) -> list[str]:
+    """Every seed of the defenses that brought ASR below REMOVED_ASR on some
+    seed: the numbers behind the intervals and the paired test."""
+    chosen = {(r["arch"], r["attack"], r["model"]) for r in rows if r["model"] not in (CLEAN, BACKDOORED, "none")
+              and r.get("asr") is not None and r["asr"] < REMOVED_ASR}
+    if not chosen:
+        return []
+    lines = ["## Per seed", "", f"The defenses that brought ASR below {REMOVED_ASR} on some seed, seed by seed.", "",
+             "| rung | attack | model | seed | C-Acc % | ASR % | BEC | WBA ASR % | gUAA ASR % |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    for r in sorted((r for r in rows if (r["arch"], r["attack"], r["model"]) in chosen),
+                    key=lambda r: (r["arch"], r["attack"], r["model"], r["seed"])):
+        bec = r.get("bec")
+        lines.append(f"| {r['arch']} | {r['attack']} | {r['model']} | {r['seed']} | {pct(r.get('clean_acc'))} | "
+                     f"{pct(r.get('asr'))} | {'–' if bec is None else f'{bec:.3f}'} | "
+                     f"{pct(r.get(f'react_asr:{METHOD}'))} | {pct(r.get(f'guaa_asr:{METHOD}'))} |")
+    return lines + [""]
 
 
 def _agreement(summary: list[dict], archs: list[str]) -> list[str]:
@@ -147,7 +170,8 @@ def write_results_page(graph, page: Path, title: str = "Results on Fashion-MNIST
     rel = lambda p: os.path.relpath(p, page.parent)  # noqa: E731 - links relative to the page
     verdicts = claims(summary)
     total = sum(c["job_seconds"] for c in costs.values())
-    wall = (max(c["end"] for c in costs.values()) - min(c["start"] for c in costs.values())) if costs else 0.0
+    spans = [c for c in costs.values() if c["jobs"]]
+    wall = (max(c["end"] for c in spans) - min(c["start"] for c in spans)) if spans else 0.0
     lines = [f"# {title}: is a removed backdoor only asleep, and at what capacity?", "",
              f"Written by `make reproduce` (`python -m sweeps results-page {grid.path}`) from the store, "
              f"{time.strftime('%Y-%m-%d')}, at commit `{commit()}`. Grid: [`{grid.path}`](../{grid.path}) "
@@ -168,6 +192,7 @@ def write_results_page(graph, page: Path, title: str = "Results on Fashion-MNIST
                   "(both from the store's records, so a resumed run counts only the work it did).", ""]
     for arch in grid.archs:
         lines += [f"## {arch}", ""] + _panel(summary, arch) + [""]
+    lines += _per_seed(rows)
     lines += ["BEC = (S(f_A, f_D) − S(f_A, f_C)) / (1 − S(f_A, f_C)); WBA ASR: the trigger plus the universal "
               "perturbation found with white-box access (ε = 0.05, L∞); gUAA ASR: the same search on clean inputs "
               "without the trigger; WBA − gUAA: paired by seed.", "",
