@@ -259,7 +259,7 @@ def seeds_sentence(summary: list[dict]) -> str:
     if counts == [1]:
         return ("One seed per row: the values are single measurements, with no interval and no significance test "
                 "(run more seeds for them).")
-    seeds = ", ".join(str(c) for c in counts)
+    seeds = " or ".join(str(c) for c in counts)
     return (f"Mean over seeds ({seeds} per row) ± the half-width of the {INTERVAL_NAME}; rows with one seed show "
             f"the value alone. re-act − gUAA: the paired difference in points, {TEST_NAME}; * = significant.")
 

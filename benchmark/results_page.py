@@ -31,6 +31,7 @@ def plot_capacity(summary: list[dict], params: dict[str, int], path: Path, title
                     key=lambda k: (k[0], k[1]))
     fig = Figure(figsize=(11, 4.3), layout="constrained")
     gap_ax, bec_ax = fig.subplots(1, 2)
+    dashes = {a: ("-", "--", ":", "-.")[i % 4] for i, a in enumerate(dict.fromkeys(a["attack"] for a in summary))}
     for attack, model in chosen:
         points = [a for a in summary if (a["attack"], a["model"]) == (attack, model) and a["arch"] in params]
         points.sort(key=lambda a: params[a["arch"]])
@@ -39,7 +40,7 @@ def plot_capacity(summary: list[dict], params: dict[str, int], path: Path, title
             if not xy:
                 continue
             ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], color=colours[model], linewidth=1.1,
-                    linestyle="-" if attack == points[0]["attack"] else "--")
+                    linestyle=dashes[attack])
             for x, y, a in xy:
                 removed = a.get("asr_mean") is not None and a["asr_mean"] < REMOVED_ASR
                 ax.scatter([x], [y], marker=markers[attack], s=55, zorder=3, edgecolors=[colours[model]],
@@ -55,6 +56,8 @@ def plot_capacity(summary: list[dict], params: dict[str, int], path: Path, title
     for ax in (gap_ax, bec_ax):
         ax.axhline(0.0, color="0.75", linewidth=0.8)
         ax.set_xscale("log")
+        if params:  # room for the labels beside the first and last rung
+            ax.set_xlim(min(params.values()) / 1.6, max(params.values()) * 2.5)
         ax.set_xlabel("parameters of the model (log scale)")
         ax.grid(alpha=0.3)
         for arch, n in params.items():
@@ -138,8 +141,11 @@ def _agreement(summary: list[dict], archs: list[str]) -> list[str]:
         for a in low:
             bec, gap = a.get("bec_mean"), a.get(f"gap:{METHOD}_mean")
             dormant = bec is not None and gap is not None and bec > REGIME_BEC and gap > REGIME_GAP
+            control = next((c.get(f"react_asr:{METHOD}_mean") for c in summary if c["model"] == CLEAN
+                            and (c["arch"], c["attack"]) == (arch, a["attack"])), None)
             parts.append(f"{a['model']} on {a['attack']} (BEC {'–' if bec is None else f'{bec:.2f}'}, "
-                         f"WBA − gUAA {'–' if gap is None else f'{100 * gap:.0f}'} pts: "
+                         f"WBA − gUAA {'–' if gap is None else f'{100 * gap:.0f}'} pts, WBA on the clean model "
+                         f"{'–' if control is None else f'{100 * control:.0f} %'}: "
                          f"{'dormant, as in the paper' if dormant else 'not the paper regime'})")
         out.append(f"- **{arch}**: ASR below {REMOVED_ASR} after " + "; ".join(parts) + ".")
     return out

@@ -61,9 +61,19 @@ def test_claim_1_attacks_implant_at_no_accuracy_cost(summary):
     _check(claim_attacks(summary))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "measured (make reproduce, 2026-12-07): on the small CNN two defenses with BEC < 0 are re-activated "
+    "significantly above gUAA: FT-SAM on BadNets (BEC -0.13, WBA - gUAA 21.5 +- 28.9 pts, p 0.043, 3 seeds) and "
+    "FST on Blended (BEC -0.32, 47.0 +- 39.2 pts, p 0.018); FST on BadNets agrees (BEC -0.49, -9.1 pts, p 0.97); "
+    "PreAct-ResNet18-w8 has one seed: undecided"))
 def test_claim_2_bec_predicts_reactivation(summary):
     _check(claim_bec_predicts(summary))
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "measured (make reproduce, 2026-12-07): no rung shows ASR < 0.2 with BEC > 0.5 and WBA - gUAA > 0.3; closest: "
+    "PreAct-ResNet18-w8 FST on BadNets (ASR 9.1 %, BEC 0.38, gap 21 pts, 1 seed) and FST on Blended on the "
+    "small CNN (ASR 8.7 %, gap 47 pts, but BEC -0.32); FT-SAM on PreAct-ResNet18-w8 has BEC 0.48 and a gap of "
+    "86 pts but leaves ASR at 54.6 %"))
 def test_claim_3_the_paper_regime_appears_on_some_rung(summary):
     _check(claim_regime(summary))

@@ -87,7 +87,7 @@ def test_results_page_from_a_two_rung_grid(tmp_path):
     for arch in ("small_cnn-w4", "preact_resnet18-w2"):
         assert f"## {arch}" in text and f"| {arch} |" in text  # its table and its line in the ladder
     assert "## The claims, checked on these numbers" in text and text.count("**") >= 6
-    assert "Mean over seeds (1, 2 per row)" in text  # rung 1 has two seeds, rung 2 one
+    assert "Mean over seeds (1 or 2 per row)" in text  # rung 1 has two seeds, rung 2 one
     for name in ("bec_vs_asr.png", "reactivation_asr.png", "capacity.png"):
         figure = page.parent / "figures" / "ladder" / name
         assert figure.stat().st_size > 1000 and f"figures/ladder/{name}" in text
