@@ -36,9 +36,15 @@ REFERENCES = {CLEAN: "clean f_C", BACKDOORED: "backdoored f_A"}
 def facets(summary: list[dict]) -> dict[tuple, str]:
     """(dataset, arch, attack) -> its key suffix: the attack alone when the
     grid has one dataset and architecture, else dataset-arch-attack."""
-    groups = _ordered((a["dataset"], a["arch"], a["attack"]) for a in summary)
+    groups = _ordered(_ident(a) for a in summary)
     several = len({(d, r) for d, r, _ in groups}) > 1
     return {g: (f"{g[0]}-{g[1]}-{g[2]}" if several else str(g[2])) for g in groups}
+
+
+def _ident(agg: dict) -> tuple:
+    """(dataset, arch, attack) of a summary row; rows without them (tables of
+    other shapes) group under None and never raise."""
+    return agg.get("dataset"), agg.get("arch"), agg.get("attack")
 
 
 def _pct(value):
@@ -46,14 +52,14 @@ def _pct(value):
 
 
 def _members(summary: list[dict], group: tuple) -> list[dict]:
-    return [a for a in summary if (a["dataset"], a["arch"], a["attack"]) == group]
+    return [a for a in summary if _ident(a) == group]
 
 
 def figure1_rows(summary: list[dict], group: tuple) -> list[dict]:
-    return [{"model": a["model"], "reference": REFERENCES.get(a["model"], "defense"),
+    return [{"model": a.get("model"), "reference": REFERENCES.get(a.get("model"), "defense"),
              "asr_pct": _pct(a.get("asr_mean")), "bec": a.get("bec_mean"),
              "asr_pct_low": _pct(a.get("asr_low")), "asr_pct_high": _pct(a.get("asr_high")),
-             "bec_low": a.get("bec_low"), "bec_high": a.get("bec_high"), "n_seeds": a["n_seeds"]}
+             "bec_low": a.get("bec_low"), "bec_high": a.get("bec_high"), "n_seeds": a.get("n_seeds")}
             for a in _members(summary, group) if a.get("asr_mean") is not None and a.get("bec_mean") is not None]
 
 
@@ -62,14 +68,14 @@ def reactivation_rows(summary: list[dict], group: tuple, method: str) -> list[di
     for a in _members(summary, group):
         for condition, col in (("trigger", "asr"), (method, f"react_asr:{method}"), ("gUAA", f"guaa_asr:{method}")):
             if a.get(f"{col}_mean") is not None:
-                rows.append({"label": f"{a['model']} · {condition}", "model": a["model"], "condition": condition,
-                             "asr_pct": _pct(a[f"{col}_mean"]), "asr_pct_low": _pct(a.get(f"{col}_low")),
-                             "asr_pct_high": _pct(a.get(f"{col}_high")), "n_seeds": a["n_seeds"]})
+                rows.append({"label": f"{a.get('model')} · {condition}", "model": a.get("model"),
+                             "condition": condition, "asr_pct": _pct(a[f"{col}_mean"]), "asr_pct_low": _pct(a.get(f"{col}_low")),
+                             "asr_pct_high": _pct(a.get(f"{col}_high")), "n_seeds": a.get("n_seeds")})
     return rows
 
 
 def curve_rows(summary: list[dict], group: tuple, points: list[tuple[int, str]]) -> list[dict]:
-    return [{"model": a["model"], "queries": n, "asr_pct": _pct(a[f"{key}_mean"]),
+    return [{"model": a.get("model"), "queries": n, "asr_pct": _pct(a[f"{key}_mean"]),
              "asr_pct_low": _pct(a.get(f"{key}_low")), "asr_pct_high": _pct(a.get(f"{key}_high"))}
             for a in _members(summary, group) for n, key in points if a.get(f"{key}_mean") is not None]
 

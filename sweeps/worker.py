@@ -84,7 +84,8 @@ class JobRunner:
         # The config keys W&B panels filter and group on (README, "Weights & Biases");
         # benchmark/wandb_dashboard.py builds on these names.
         run_config = {"grid": self.grid, "dataset": spec.dataset,
-                      "arch": job.config.get("model", {}).get("arch", spec.arch), "attack": spec.attack, "seed": spec.seed, "stage": job.kind, "job": job.label,
+                      "arch": job.config.get("model", {}).get("arch", spec.arch), "attack": spec.attack,
+                      "seed": spec.seed, "stage": job.kind, "job": job.label,
                       "model": stage_model(job.kind, job.label),
                       "defense": job.config.get("defense"), "method": job.config.get("method"),
                       "key": job.key, "inputs": job.input_keys, "config": job.config}
