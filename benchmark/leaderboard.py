@@ -48,7 +48,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from benchmark.figures import _save
-from benchmark.report import BACKDOORED, CLEAN, _num, _ordered, _write_csv
+from benchmark.report import BACKDOORED, CLEAN, _ordered, _write_csv
 
 ALIAS = "none"  # the "no defense" entry of a grid: f_A itself
 REFERENCES = (CLEAN, BACKDOORED, ALIAS)

@@ -21,9 +21,8 @@ from __future__ import annotations
 import datetime
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from benchmark.report import BACKDOORED, CLEAN, _fmt, _fmt_gap, seeds_sentence
+from benchmark.report import BACKDOORED, CLEAN, _fmt_gap
 
 #: claim 1: the attack implants the backdoor without costing clean accuracy
 ATTACK_ASR, ATTACK_ACC_DROP = 0.9, 0.02
