@@ -90,29 +90,23 @@ def _seed_means(rows: list[dict], methods: list[str]) -> dict[tuple[str, str], d
     """(attack, model) -> each metric's mean over that pair's seeds (finite
     values only; None without one), "<metric>_low"/"_high" its 95 %
     interval (None below two seeds), per method "gap_p:<m>" /
-    "gap_significant:<m>" the paired test of re-activation over gUAA
-    (benchmark.intervals), and "seeds" = rows in the group."""
-    from benchmark.intervals import mean_interval, paired_greater
+    "gap_significant:<m>" the paired test of re-activation over gUAA, and
+    "seeds" = rows in the group: read from benchmark.report.summarize, which
+    groups the rows the same way (dataset, arch, attack, model)."""
+    from benchmark.report import summarize
 
     key = _attack_key(rows)
     metrics = list(PER_ATTACK) + [f"{kind}:{m}" for m in methods for kind in PER_METHOD]
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        groups.setdefault((key(row), str(row.get("model"))), []).append(row)
     out = {}
-    for group, members in groups.items():
-        agg = {"seeds": len(members)}
+    for agg in summarize(rows):
+        entry = {"seeds": agg["n_seeds"]}
         for col in metrics:
-            interval = mean_interval(r.get(col) for r in members)
-            agg[col] = interval.mean if interval else None
-            agg[f"{col}_low"] = interval.low if interval else None
-            agg[f"{col}_high"] = interval.high if interval else None
+            for stat, field in (("mean", col), ("low", f"{col}_low"), ("high", f"{col}_high")):
+                entry[field] = agg.get(f"{col}_{stat}")
         for m in methods:
-            test = paired_greater([r.get(f"react_asr:{m}") for r in members],
-                                  [r.get(f"guaa_asr:{m}") for r in members])
-            agg[f"gap_p:{m}"] = test.p_value if test else None
-            agg[f"gap_significant:{m}"] = test.significant if test else None
-        out[group] = agg
+            entry[f"gap_p:{m}"] = agg.get(f"gap:{m}_p")
+            entry[f"gap_significant:{m}"] = agg.get(f"gap:{m}_significant")
+        out[(key(agg), str(agg["model"]))] = entry
     return out
 
 

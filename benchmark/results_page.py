@@ -154,15 +154,10 @@ def _agreement(summary: list[dict], archs: list[str]) -> list[str]:
 def write_results_page(graph, page: Path, title: str = "Results on Fashion-MNIST") -> Path:
     """Read the grid's rows from the store, write `page` and its figures
     (beside it, under figures/<grid name>/); returns the page's path."""
-    from benchmark.errors import StoreError
+    from benchmark.rows import stored_rows
 
     grid = graph.grid
-    rows = []
-    for cell in graph.cells:
-        try:
-            rows += cell.rows()
-        except (StoreError, KeyError):
-            pass  # not run yet: the rung table says how many jobs are done
+    rows, _ = stored_rows(graph.cells)  # cells not run yet: the rung table says how many jobs are done
     summary = summarize(rows)
     dm = graph.cells[0].ctx.dm
     params = {arch: parameter_count(arch, dm) for arch in grid.archs}

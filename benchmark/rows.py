@@ -8,6 +8,7 @@ re-activation and control columns appear for the jobs that have run."""
 from __future__ import annotations
 
 from benchmark.bec import backdoor_existence_coefficient, min_max_bec
+from benchmark.errors import StoreError
 from benchmark.metrics import defense_effectiveness_rating
 from benchmark.spec import CellSpec
 from benchmark.stages import bec, evaluate, reactivation
@@ -84,3 +85,16 @@ def _reactivation_columns(method: str, label: str, plan: Plan, metrics_if_run) -
         for pair, value in m["feature_cka"].items():
             row[f"feature_cka:{method}:{pair}"] = value
     return row
+
+
+def stored_rows(cells) -> tuple[list[dict], list[str]]:
+    """The rows of every cell whose reference models are in the store, and
+    the names of those left out (some job failed or has not run): what the
+    report, the results page and `bdbench score` read."""
+    rows, missing = [], []
+    for cell in cells:
+        try:
+            rows += cell.rows()
+        except (StoreError, KeyError):
+            missing.append(cell.name)
+    return rows, missing

@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.errors import ConfigError, StoreError
+from benchmark.errors import ConfigError
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
 from lightning_modules.reactivation.base import TRANSFER
@@ -64,14 +64,11 @@ def collect_rows(grid_cells, candidate_cells, candidate: str) -> list[dict]:
     """The grid cells' rows (references and the grid's defenses) and the
     candidate's rows from its own cells; a cell missing a reference model is
     left out (its jobs failed or have not run)."""
-    rows = []
-    for cells, keep in ((grid_cells, None), (candidate_cells, candidate)):
-        for cell in cells:
-            try:
-                rows += [row for row in cell.rows() if keep is None or row["model"] == keep]
-            except (StoreError, KeyError):
-                continue
-    return rows
+    from benchmark.rows import stored_rows
+
+    grid_rows, _ = stored_rows(grid_cells)
+    candidate_rows, _ = stored_rows(candidate_cells)
+    return grid_rows + [row for row in candidate_rows if row["model"] == candidate]
 
 
 def board_table(board: list[dict], candidate: str, title: str) -> Table:

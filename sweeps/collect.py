@@ -6,20 +6,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmark.errors import StoreError
 from benchmark.report import summarize, write_report
+from benchmark.rows import stored_rows
 from benchmark.wandb_logging import log_summary
 from sweeps.graph import JobGraph
 
 
 def collect(graph: JobGraph, console: Console | None = None, wandb: bool = True) -> dict[str, Path]:
     console = console or Console(stderr=True)
-    rows, missing = [], []
-    for cell in graph.cells:
-        try:
-            rows += cell.rows()
-        except (StoreError, KeyError):
-            missing.append(cell.name)  # some job of this cell failed or has not run
+    rows, missing = stored_rows(graph.cells)
     if missing:
         console.print(f"[yellow]{len(missing)} cell(s) incomplete, left out of the report:[/] {', '.join(missing)}")
     out_dir = Path(graph.grid.output)
