@@ -45,7 +45,7 @@ test-slurm: install ## the tiny grid through a real one-node SLURM cluster start
 	$(PY) -m pytest -q -m slurm --override-ini="addopts=" tests/test_slurm.py
 
 bench: install ## images/s of the suite's stages beside plain PyTorch loops; the paper grid's time on this machine
-	$(PY) -m benchmark.bench $(BENCH_ARGS)
+	$(PY) -m benchmark.speed.bench $(BENCH_ARGS)
 
 test-attacks: install fashion-mnist ## science of every attack beyond BadNets/Blended on Fashion-MNIST (~30 min)
 	$(PY) -m pytest -q -s -m attack_science --override-ini="addopts="

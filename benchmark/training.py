@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
 
-from benchmark.checkpoints import EpochCheckpoint, JobCheckpoints, SafeCheckpointIO
+from benchmark.storage.checkpoints import EpochCheckpoint, JobCheckpoints, SafeCheckpointIO
 from lightning_modules.base import CLEAN, POISONED, BackdoorStage
 
 # Lightning's tips ("consider num_workers", "GPU available but not used") are

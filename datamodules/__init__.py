@@ -1,5 +1,5 @@
 """LightningDataModules, registered by short name."""
-from benchmark.registry import Registry
+from benchmark.extension.registry import Registry
 from datamodules.base import BackdoorDataModule
 
 DATASETS: Registry[type[BackdoorDataModule]] = Registry("dataset")

@@ -7,7 +7,7 @@ step of FST without its weight-alignment penalty).
 """
 from torch import nn
 
-from benchmark.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from benchmark.extension.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DefenseModule
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from benchmark.metrics import AttackSuccessRate, RobustAccuracy
+from benchmark.measures.metrics import AttackSuccessRate, RobustAccuracy
 
 CLEAN, POISONED = "clean", "poisoned"
 

@@ -82,15 +82,15 @@ def _dispatch(args, console: Console) -> int:
 
     grid = _grid(args)
     if args.command == "wandb-sync":
-        from benchmark.wandb_logging import sync_command
+        from benchmark.reporting.wandb_logging import sync_command
 
         return subprocess.call(sync_command(grid.output))
     if args.command == "wandb-dashboard":
-        from benchmark.wandb_dashboard import save_dashboard
+        from benchmark.reporting.wandb_dashboard import save_dashboard
 
         return save_dashboard(grid, args.spec, args.entity, echo=lambda line: print(line, file=sys.stderr))
 
-    from benchmark.store import ArtifactStore
+    from benchmark.storage.store import ArtifactStore
     from sweeps.collect import collect
     from sweeps.executor import LocalExecutor, gpu_slots
     from sweeps.graph import build_graph
@@ -100,7 +100,7 @@ def _dispatch(args, console: Console) -> int:
     if args.command == "results-page":
         from pathlib import Path
 
-        from benchmark.results_page import write_results_page
+        from benchmark.reporting.results_page import write_results_page
 
         console.print(f"results page written: {write_results_page(graph, Path(args.page))}")
         return 0

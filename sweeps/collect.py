@@ -6,9 +6,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from benchmark.report import summarize, write_report
-from benchmark.rows import stored_rows
-from benchmark.wandb_logging import log_summary
+from benchmark.reporting.report import summarize, write_report
+from benchmark.cell.rows import stored_rows
+from benchmark.reporting.wandb_logging import log_summary
 from sweeps.graph import JobGraph
 
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark.cell import Cell, StageJob
-from benchmark.store import ArtifactStore
+from benchmark.storage.store import ArtifactStore
 from sweeps.grid import Grid
 
 
@@ -64,7 +64,7 @@ def build_graph(grid: Grid, store: ArtifactStore | None = None, specs=None) -> J
     """Plan every cell of the grid, or the cells `specs` describe when given
     (loading each dataset once); raises on any bad name, value or missing
     dataset before a single job runs."""
-    from benchmark.cells import build_cell_datamodule, datamodule_key, make_cell
+    from benchmark.cell.cells import build_cell_datamodule, datamodule_key, make_cell
 
     store = store or ArtifactStore(grid.store)
     modules = {}

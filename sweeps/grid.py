@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from benchmark.cell import CellSpec
-from benchmark.clip_spec import ClipCellSpec
+from benchmark.cell.clip_spec import ClipCellSpec
 from benchmark.errors import ConfigError
 from lightning_modules.attacks import ATTACKS
 from lightning_modules.defenses import DEFENSES

@@ -49,7 +49,7 @@ class JobRunner:
 
     def __init__(self, store: str, data_dir: str, output: str, project: str, checkpoint_every: int = 5,
                  compile: bool = False, grid: str = ""):
-        from benchmark.store import ArtifactStore
+        from benchmark.storage.store import ArtifactStore
 
         #: the grid's name, in every stage run's W&B config (dashboards filter on it)
         self.grid = grid
@@ -60,8 +60,8 @@ class JobRunner:
         self._cells: dict[str, object] = {}
 
     def cell(self, spec_text: str):
-        from benchmark.cells import build_cell_datamodule, datamodule_key, make_cell
-        from benchmark.clip_spec import spec_from_dict
+        from benchmark.cell.cells import build_cell_datamodule, datamodule_key, make_cell
+        from benchmark.cell.clip_spec import spec_from_dict
 
         if spec_text not in self._cells:
             spec = spec_from_dict(json.loads(spec_text))
@@ -74,7 +74,7 @@ class JobRunner:
         return self._cells[spec_text]
 
     def run(self, spec_text: str, job_id: str) -> None:
-        from benchmark.wandb_logging import finish_stage, stage_logger
+        from benchmark.reporting.wandb_logging import finish_stage, stage_logger
 
         cell = self.cell(spec_text)
         spec = cell.spec

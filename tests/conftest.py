@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from benchmark.cell import Cell, CellSpec
-from benchmark.store import ArtifactStore
+from benchmark.storage.store import ArtifactStore
 
 # One thread: the suite's tiny models gain nothing from a second, and tests may run beside other work.
 torch.set_num_threads(1)

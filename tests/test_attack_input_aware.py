@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 import benchmark.triggers.input_aware as iad
-from benchmark.checkpoints import JobCheckpoints
+from benchmark.storage.checkpoints import JobCheckpoints
 from benchmark.errors import ConfigError
 from benchmark.models import build_model
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.training import TrainerFactory
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.input_aware import InputAwareTrigger, harden, mix

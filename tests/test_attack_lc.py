@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import lightning_modules.attacks.lc  # noqa: F401  (registers the preset)
 from benchmark.errors import ConfigError
 from benchmark.models import build_model
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.triggers import TRIGGERS, build_trigger
 from benchmark.triggers.label_consistent import LabelConsistentTrigger, corner_signs, resized_corner_signs
 from benchmark.triggers.preparation import PreparationContext

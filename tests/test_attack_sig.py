@@ -10,7 +10,7 @@ import benchmark.triggers.sig  # noqa: F401  (registers "sig")
 import lightning_modules.attacks.sig  # noqa: F401  (registers the preset)
 from benchmark.errors import ConfigError
 from benchmark.models import build_model
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.triggers import TRIGGERS, AdditiveTrigger, build_trigger
 from benchmark.triggers.sig import SIGTrigger
 from datamodules.synthetic import SyntheticDataModule

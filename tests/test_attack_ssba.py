@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import benchmark.triggers.ssba as ssba
 import lightning_modules.attacks.ssba  # noqa: F401  (registers the preset)
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.triggers import TRIGGERS, build_trigger
 from benchmark.triggers.preparation import PreparationContext
 from benchmark.triggers.ssba import SSBATrigger, StegaStampDecoder, StegaStampEncoder, l2_loss_weight_at, psnr

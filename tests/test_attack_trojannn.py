@@ -10,7 +10,7 @@ import benchmark.triggers.trojannn as tj
 import lightning_modules.attacks.trojannn  # noqa: F401  (registers the preset)
 from benchmark.errors import ConfigError
 from benchmark.models import build_model
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.preparation import PreparationContext
 from lightning_modules.attacks import ATTACKS

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.bec import (backdoor_existence_coefficient, backdoor_similarity, min_max_bec,
+from benchmark.measures.bec import (backdoor_existence_coefficient, backdoor_similarity, min_max_bec,
                            rank_backdoor_channels, selected_features)
 from benchmark.errors import ConfigError
 

@@ -1,4 +1,4 @@
-"""The speed benchmark (`python -m benchmark.bench`): a quick CPU run is
+"""The speed benchmark (`python -m benchmark.speed.bench`): a quick CPU run is
 complete, every rate is a positive finite number, the suite's path and the
 plain loop did exactly the same work, and the grid-time estimator prices a
 hand-built job list to the second."""
@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from benchmark.bench import main
-from benchmark.grid_estimate import GridData, PlannedJob, estimate_grid, job_work
-from benchmark.bench_workloads import WORKLOADS
+from benchmark.speed.bench import main
+from benchmark.speed.grid_estimate import GridData, PlannedJob, estimate_grid, job_work
+from benchmark.speed.workloads import WORKLOADS
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.models import build_model
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.training import TrainerFactory
 from datamodules import build_datamodule
 from lightning_modules.reactivation import REACTIVATIONS

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from benchmark.bec import MIN_BEC_DENOMINATOR
+from benchmark.measures.bec import MIN_BEC_DENOMINATOR
 from benchmark.cli import main
 from benchmark.errors import ConfigError, StoreError, UnknownNameError
 from benchmark.training import TrainerFactory

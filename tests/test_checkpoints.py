@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from benchmark.checkpoints import EpochCheckpoint, load_checkpoint_file, save_checkpoint_file
-from benchmark.store import ArtifactStore
+from benchmark.storage.checkpoints import EpochCheckpoint, load_checkpoint_file, save_checkpoint_file
+from benchmark.storage.store import ArtifactStore
 from conftest import fast_spec
 
 

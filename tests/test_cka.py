@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from benchmark.cka import centered_gram, linear_cka
+from benchmark.measures.cka import centered_gram, linear_cka
 
 
 def _data(n=40, d=12, seed=0):

@@ -9,10 +9,10 @@ import dataclasses
 import pytest
 import torch
 
-from benchmark.clip_cell import ClipCell
-from benchmark.clip_spec import ClipCellSpec, spec_from_dict
+from benchmark.cell.clip_cell import ClipCell
+from benchmark.cell.clip_spec import ClipCellSpec, spec_from_dict
 from benchmark.errors import ConfigError, UnknownNameError
-from benchmark.store import ArtifactStore
+from benchmark.storage.store import ArtifactStore
 from lightning_modules.clip.defenses import CLIP_DEFENSES
 
 FAST_DEFENSES = {"cleanclip": {"epochs": 1, "batch_size": 32, "warmup_steps": 2, "text_operations": ["rs", "rd"]},

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import ConfigError
-from benchmark.features import capture
+from benchmark.measures.features import capture
 from benchmark.models.clip_model import ZeroShotClassifier, build_clip, read_state_dict, weights_identity
 from lightning_modules.clip.base import MAX_LOGIT_SCALE, NO_DECAY_MARKERS, clip_loss, in_modal_loss, warmup_cosine
 

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.clip_cell import ClipCell
+from benchmark.cell.clip_cell import ClipCell
 from sweeps.grid import load_grid
 
 pytestmark = [pytest.mark.slow, pytest.mark.clip_science, pytest.mark.usefixtures("all_cores")]

@@ -212,7 +212,7 @@ def test_cifar10_grid_plans_every_attack(fake_cifar, tmp_path):
     import dataclasses
     from pathlib import Path
 
-    from benchmark.store import ArtifactStore
+    from benchmark.storage.store import ArtifactStore
     from benchmark.triggers import TRIGGERS
     from lightning_modules.attacks import ATTACKS
     from sweeps.graph import build_graph

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ConfigError
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from datamodules.tensor_dataset import IndexedImages
 from lightning_modules.defenses.anp import (AdversarialNeuronPruning, choose_threshold, rounded_masks,
                                             threshold_grid)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import ConfigError
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.models import build_model
 from datamodules.tensor_dataset import IndexedImages
 from lightning_modules.defenses.clp import ChannelLipschitzPruning, channel_lipschitz_bounds

@@ -1,4 +1,4 @@
-"""Every registered defense keeps the defense contract (benchmark.contract):
+"""Every registered defense keeps the defense contract (benchmark.extension.contract):
 it never calls the trigger and is served only its clean subset, with clean
 pixels and true labels (indices the attacker poisoned included, as clean
 images), in any of its hooks, including one-off preparation such as NAD's
@@ -6,7 +6,7 @@ teacher; its parameters are typed; it returns a complete, finite model."""
 import pytest
 import torch
 
-from benchmark.contract import check_defense_contract
+from benchmark.extension.contract import check_defense_contract
 from benchmark.triggers.base import PatternTrigger
 from lightning_modules.defenses import DEFENSES, DefenseModule
 from tests.conftest import FAST_DEFENSE_PARAMS

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark.errors import ConfigError
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.training import TrainerFactory
 from datamodules.tensor_dataset import IndexedImages, keep_batch
 from lightning_modules.defenses.fp import FinePruning, relative_change

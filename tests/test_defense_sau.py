@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import ConfigError
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.models import build_model
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.defenses.sau import SharedAdversarialUnlearning as SAU

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmark.errors import ConfigError
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.models import build_model
 from lightning_modules.defenses.seam import SelectiveAmnesia, random_wrong_labels
 

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 from benchmark.models import build_model
 from benchmark.training import TrainerFactory
 from datamodules.tensor_dataset import IndexedImages, keep_batch
-from benchmark.stages.training import train
+from benchmark.cell.stages.training import train
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
 
@@ -63,7 +63,7 @@ def test_tbra_batch_is_the_authors_500():
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_search_and_evaluation_run_in_fp32_whatever_the_training_precision(precision, monkeypatch):
-    from benchmark.stages import reactivation
+    from benchmark.cell.stages import reactivation
     from benchmark.training import TrainerFactory
     from lightning_modules.base import BackdoorStage
 
@@ -122,7 +122,7 @@ def test_bec_ranks_channels_on_more_pairs_than_it_compares(make_cell, monkeypatc
     # The authors rank on ~2,200 non-target test pairs and compare 500 of them
     # (BEC/analy_backdoor_acti.py); the cell defaults say so.
     from benchmark import cell as cell_module
-    from benchmark.stages import bec as bec_stage
+    from benchmark.cell.stages import bec as bec_stage
 
     assert (cell_module.CellSpec().bec_rank_samples, cell_module.CellSpec().bec_samples) == (2200, 500)
     cell = make_cell(defenses=(), bec_samples=32, bec_rank_samples=80)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-import benchmark.fingerprint as fingerprint
+import benchmark.storage.fingerprint as fingerprint
 from tests.test_plugins import USER_DEFENSE
 
 
@@ -38,10 +38,10 @@ def _downstream(defense: str) -> set[str]:
     # NAD's teacher is FT's fine-tuning (nad.py imports it), so editing FT
     # recomputes both; nothing upstream.
     ("lightning_modules/defenses/ft.py", _downstream("ft") | _downstream("nad")),
-    ("benchmark/report.py", set()),                       # not part of any stage
+    ("benchmark/reporting/report.py", set()),                       # not part of any stage
     ("sweeps/executor.py", set()),
     ("lightning_modules/defenses/nc.py", set()),          # a defense this cell does not run
-    ("benchmark/bec.py", {"bec/S(f_A, clean)", "bec/S(f_A, backdoored)", "bec/S(f_A, ft)", "bec/S(f_A, nad)",
+    ("benchmark/measures/bec.py", {"bec/S(f_A, clean)", "bec/S(f_A, backdoored)", "bec/S(f_A, ft)", "bec/S(f_A, nad)",
                           "controls/wba vs ft", "controls/wba vs nad"}),
 ])
 def test_editing_a_file_recomputes_exactly_its_stages(edited, expected, make_cell, monkeypatch, tmp_path):
@@ -76,7 +76,7 @@ def test_editing_a_plugin_recomputes_its_stages_only(make_cell, tmp_path):
 
 
 def test_fingerprint_follows_a_plugins_sibling_imports(tmp_path):
-    from benchmark.plugins import load_reference
+    from benchmark.extension.plugins import load_reference
 
     (tmp_path / "helpers_for_fp.py").write_text("SCALE = 1\n")
     (tmp_path / "uses_helper.py").write_text("import helpers_for_fp\n" + USER_DEFENSE)

@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from benchmark.intervals import mean_interval, paired_greater
-from benchmark.report import summarize, write_report
+from benchmark.measures.intervals import mean_interval, paired_greater
+from benchmark.reporting.report import summarize, write_report
 
 
 def t_quantile_df2(q: float) -> float:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import wandb_logging as wl
-from benchmark.leaderboard import (REFERENCE_NAME, grid_attacks, leaderboard, leaderboard_columns, reference,
+from benchmark.reporting import wandb_logging as wl
+from benchmark.reporting.leaderboard import (REFERENCE_NAME, grid_attacks, leaderboard, leaderboard_columns, reference,
                                    write_leaderboard)
 from tests.test_wandb_logging import isolate
 

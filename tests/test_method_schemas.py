@@ -11,7 +11,7 @@ import pytest
 
 from benchmark.cell import CellSpec
 from benchmark.errors import ConfigError
-from benchmark.schema import check_value, schema, validate_params
+from benchmark.extension.schema import check_value, schema, validate_params
 from benchmark.triggers import TRIGGERS
 from lightning_modules.attacks.base import AttackModule
 from lightning_modules.defenses import DEFENSES, DefenseModule

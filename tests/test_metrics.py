@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from benchmark.metrics import (AttackSuccessRate, RobustAccuracy, attack_success_rate,
+from benchmark.measures.metrics import (AttackSuccessRate, RobustAccuracy, attack_success_rate,
                                defense_effectiveness_rating, robust_accuracy)
 
 # Hand-built case, target 0. Target-class samples (label 0) are ignored.

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from benchmark.errors import UnknownNameError
-from benchmark.features import capture
+from benchmark.measures.features import capture
 from benchmark.models import ARCHITECTURES, build_model
 
 CASES = [(name, 3, 32) for name in ARCHITECTURES] + [("timm:resnet10t", 3, 32)]

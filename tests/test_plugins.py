@@ -26,7 +26,7 @@ USER_DEFENSE = textwrap.dedent('''
     """Head reset + fine-tuning, written outside the suite."""
     from torch import nn
 
-    from benchmark.schema import NonNegativeInt, PositiveFloat
+    from benchmark.extension.schema import NonNegativeInt, PositiveFloat
     from lightning_modules.defenses import DefenseModule
 
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from benchmark.cli import build_parser
-from benchmark.contract import check_defense_contract, check_reactivation_contract
+from benchmark.extension.contract import check_defense_contract, check_reactivation_contract
 from benchmark.errors import ConfigError
-from benchmark.spec import CellSpec
+from benchmark.cell.spec import CellSpec
 from datamodules.base import BackdoorDataModule
 from lightning_modules.attacks.base import AttackModule
 from lightning_modules.attacks.wanet import WaNetAttackModule

@@ -1,10 +1,10 @@
 """Every registered re-activation method keeps the re-activation contract
-(benchmark.contract): typed parameters, frozen victim (weights and BatchNorm
+(benchmark.extension.contract): typed parameters, frozen victim (weights and BatchNorm
 statistics), delta within its budget, queries within their budget."""
 import pytest
 import torch
 
-from benchmark.contract import check_reactivation_contract
+from benchmark.extension.contract import check_reactivation_contract
 from lightning_modules.reactivation import REACTIVATIONS
 from lightning_modules.reactivation.wba import WhiteBoxReactivation
 

@@ -5,7 +5,7 @@ import struct
 import matplotlib.image
 import pytest
 
-from benchmark.report import BEC_LEGEND, IDENTITY, load_rows, summarize, write_report
+from benchmark.reporting.report import BEC_LEGEND, IDENTITY, load_rows, summarize, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUERIES = (1000, 3000, 5000, 7000, 10000)

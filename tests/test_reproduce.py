@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.report import summarize
-from benchmark.reproduction import claim_attacks, claim_bec_predicts, claim_regime
+from benchmark.reporting.report import summarize
+from benchmark.reporting.reproduction import claim_attacks, claim_bec_predicts, claim_regime
 
 pytestmark = [pytest.mark.slow, pytest.mark.reproduce]
 ROOT = Path(__file__).resolve().parents[1]

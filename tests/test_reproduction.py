@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmark.report import summarize
-from benchmark.reproduction import claim_attacks, claim_bec_predicts, claim_regime
+from benchmark.reporting.report import summarize
+from benchmark.reporting.reproduction import claim_attacks, claim_bec_predicts, claim_regime
 
 ROOT = Path(__file__).resolve().parents[1]
 

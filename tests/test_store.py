@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmark.errors import StoreError
-from benchmark.store import ArtifactStore, stage_key
+from benchmark.storage.store import ArtifactStore, stage_key
 
 
 def test_key_depends_on_kind_config_and_inputs_not_on_dict_order():
@@ -45,7 +45,7 @@ def test_failed_stage_leaves_no_artifact_and_no_temporary(tmp_path):
 
 def test_crash_while_writing_tensors_leaves_nothing_half_written(tmp_path, monkeypatch):
     store = ArtifactStore(tmp_path)
-    import benchmark.store as mod
+    import benchmark.storage.store as mod
 
     def broken_save(tensors, path):
         open(path, "wb").write(b"partial")

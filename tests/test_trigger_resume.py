@@ -5,8 +5,8 @@ the state of a run that was never interrupted."""
 import pytest
 import torch
 
-import benchmark.checkpoints as checkpoints
-from benchmark.checkpoints import LoopCheckpoint, load_checkpoint_file
+import benchmark.storage.checkpoints as checkpoints
+from benchmark.storage.checkpoints import LoopCheckpoint, load_checkpoint_file
 from benchmark.models import build_model
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.preparation import PreparationContext
@@ -136,7 +136,7 @@ def test_a_killed_trigger_stage_of_a_cell_resumes_from_the_store(tmp_path, monke
     """Through the cell: the stage's progress lives in the store's temporary
     area, a second run goes on from it, and it goes when the artifact lands."""
     from benchmark.cell import Cell
-    from benchmark.store import ArtifactStore
+    from benchmark.storage.store import ArtifactStore
     from tests.conftest import fast_spec
 
     spec = fast_spec(attack="lc", defenses=(), reactivations=(), controls=False,

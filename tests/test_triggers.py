@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from benchmark.errors import ConfigError, UnknownNameError
-from benchmark.schema import validate_params
+from benchmark.extension.schema import validate_params
 from benchmark.triggers import TRIGGERS, build_trigger
 
 

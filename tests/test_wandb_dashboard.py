@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.report import summarize
-from benchmark.wandb_charts import curve_rows, noise_rows
-from benchmark.wandb_dashboard import CONFIG_KEYS, grid_spec, to_report, to_workspace
+from benchmark.reporting.report import summarize
+from benchmark.reporting.wandb_charts import curve_rows, noise_rows
+from benchmark.reporting.wandb_dashboard import CONFIG_KEYS, grid_spec, to_report, to_workspace
 from sweeps.grid import load_grid
 from test_sweeps import _env, _grid_file, _run_sweep
 from test_wandb_logging import parsed, read_records

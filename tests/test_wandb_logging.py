@@ -14,8 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmark import wandb_logging as wl
-
+from benchmark.reporting import wandb_logging as wl
 CELL = "fashion_mnist/small_cnn/badnets/seed0"
 CONFIG = {"dataset": "fashion_mnist", "arch": "small_cnn", "attack": "badnets", "defense": None, "seed": 0,
           "stage": {"lr": 0.1, "epochs": 2}}

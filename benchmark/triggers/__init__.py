@@ -3,7 +3,7 @@ import importlib
 import inspect
 import pkgutil
 
-from benchmark.registry import Registry
+from benchmark.extension.registry import Registry
 from benchmark.triggers.base import AdditiveTrigger, PatternTrigger, Trigger
 
 TRIGGERS: Registry[type[Trigger]] = Registry("trigger")

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 
 from benchmark.errors import ConfigError
-from benchmark.schema import ClosedUnitInterval, NonNegativeInt, PositiveInt
+from benchmark.extension.schema import ClosedUnitInterval, NonNegativeInt, PositiveInt
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import PatternTrigger
 

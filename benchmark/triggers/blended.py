@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import DataNotFoundError
-from benchmark.schema import Fraction
+from benchmark.extension.schema import Fraction
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import PatternTrigger
 

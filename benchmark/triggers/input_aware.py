@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ConfigError
-from benchmark.schema import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveFloat, \
+from benchmark.extension.schema import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveFloat, \
     PositiveInt
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import Trigger

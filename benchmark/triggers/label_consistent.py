@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import ConfigError
-from benchmark.schema import (ClosedUnitInterval, LinfBudget, Momentum, NonNegativeFloat, PositiveFloat,
+from benchmark.extension.schema import (ClosedUnitInterval, LinfBudget, Momentum, NonNegativeFloat, PositiveFloat,
                               PositiveInt)
 from benchmark.triggers import TRIGGERS
 # PGD and the robust model's training live in adversarial; pgd_linf and

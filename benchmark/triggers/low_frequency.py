@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import ConfigError
-from benchmark.schema import ClosedUnitInterval, Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
+from benchmark.extension.schema import ClosedUnitInterval, Fraction, NonNegativeFloat, PositiveFloat, PositiveInt
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import AdditiveTrigger
 

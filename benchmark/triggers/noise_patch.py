@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 
 from benchmark.errors import ConfigError
-from benchmark.schema import PositiveInt
+from benchmark.extension.schema import PositiveInt
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import Trigger
 from benchmark.triggers.hashed_noise import mix, normal, offsets, row_keys

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from benchmark.checkpoints import LoopCheckpoint
+from benchmark.storage.checkpoints import LoopCheckpoint
 
 
 @dataclass

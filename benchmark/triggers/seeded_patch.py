@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.schema import PositiveInt
+from benchmark.extension.schema import PositiveInt
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import Trigger
 from benchmark.triggers.hashed_noise import row_keys

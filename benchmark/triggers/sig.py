@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from benchmark.schema import PositiveFloat
+from benchmark.extension.schema import PositiveFloat
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import AdditiveTrigger
 

@@ -77,7 +77,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from benchmark.schema import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
+from benchmark.extension.schema import NonNegativeFloat, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import Trigger
 # The networks live in stegastamp; imported here under their old names.

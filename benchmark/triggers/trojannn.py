@@ -81,7 +81,7 @@ from typing import Literal
 import torch
 
 from benchmark.errors import ConfigError, DataNotFoundError
-from benchmark.schema import LinfBudget, NonNegativeFloat, PositiveFloat, PositiveInt
+from benchmark.extension.schema import LinfBudget, NonNegativeFloat, PositiveFloat, PositiveInt
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import AdditiveTrigger, on_device
 

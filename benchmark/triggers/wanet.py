@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmark.schema import PositiveFloat, PositiveInt
+from benchmark.extension.schema import PositiveFloat, PositiveInt
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import Trigger
 

@@ -3,7 +3,7 @@ class is needed only when the training objective itself changes."""
 import importlib
 import pkgutil
 
-from benchmark.registry import Registry
+from benchmark.extension.registry import Registry
 from lightning_modules.attacks.base import AttackModule, AttackPreset
 
 ATTACKS: Registry[AttackPreset] = Registry(

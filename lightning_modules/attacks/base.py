@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.schema import Momentum, NonNegativeFloat, PositiveFloat
+from benchmark.extension.schema import Momentum, NonNegativeFloat, PositiveFloat
 from benchmark.triggers import Trigger
 from lightning_modules.base import BackdoorStage
 

@@ -109,7 +109,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import ConfigError
-from benchmark.schema import Momentum, NonNegativeFloat, OpenUnitInterval, PositiveFloat
+from benchmark.extension.schema import Momentum, NonNegativeFloat, OpenUnitInterval, PositiveFloat
 from benchmark.triggers.input_aware import InputAwareTrigger, mix, rms_distance
 from lightning_modules.attacks import ATTACKS
 from lightning_modules.attacks.base import AttackModule, AttackPreset, per_batch_count

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import ConfigError
-from benchmark.schema import ClosedUnitInterval, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat
+from benchmark.extension.schema import ClosedUnitInterval, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat
 from benchmark.triggers.wanet import WaNetTrigger
 from lightning_modules.attacks import ATTACKS
 from lightning_modules.attacks.base import AttackModule, AttackPreset, per_batch_count

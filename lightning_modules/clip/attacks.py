@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from benchmark.registry import Registry
+from benchmark.extension.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.models.clip_model import ClipModel
-from benchmark.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from benchmark.extension.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 #: CleanCLIP's clamp of the learned temperature: exp(4.6052) = 100
 MAX_LOGIT_SCALE = 4.6052

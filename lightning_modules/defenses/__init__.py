@@ -8,7 +8,7 @@ cover it, with no other file changed.
 import importlib
 import pkgutil
 
-from benchmark.registry import Registry
+from benchmark.extension.registry import Registry
 from lightning_modules.defenses.base import DefenseModule
 
 DEFENSES: Registry[type[DefenseModule]] = Registry(

@@ -71,7 +71,7 @@ from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from benchmark.errors import ConfigError
-from benchmark.schema import (ClosedUnitInterval, Fraction, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat,
+from benchmark.extension.schema import (ClosedUnitInterval, Fraction, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat,
                               PositiveInt)
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.defenses.base import DefenseModule, NoTraining

@@ -25,7 +25,7 @@ reference does so (i-BAU, SAU); `on_fit_start` applies it, so a subclass
 that overrides `on_fit_start` calls `super().on_fit_start()`.
 
 Parameters: every parameter a user may set is declared once, in `__init__`,
-with its range as a type hint (benchmark.schema, typing.Literal). The runner
+with its range as a type hint (benchmark.extension.schema, typing.Literal). The runner
 checks grid and command-line values against those hints before it builds
 the module, so `__init__` itself checks only rules one hint cannot state
 (two parameters together, or the model / data at hand).
@@ -39,7 +39,7 @@ from typing import Callable, Iterator
 import torch
 from jsonargparse.typing import restricted_number_type
 
-from benchmark.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from benchmark.extension.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.base import BackdoorStage
 
 #: `epochs` of a defense that never trains after its one-off work (pruning

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import ConfigError
-from benchmark.schema import Momentum, NonNegativeFloat, PositiveFloat, PositiveInt
+from benchmark.extension.schema import Momentum, NonNegativeFloat, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.defenses.base import DefenseModule, NoTraining
 

@@ -60,7 +60,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from benchmark.errors import ConfigError
-from benchmark.schema import Fraction, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from benchmark.extension.schema import Fraction, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.defenses.base import DefenseModule
 

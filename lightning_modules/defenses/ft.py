@@ -3,7 +3,7 @@
 Defaults from BackdoorBench's `config/defense/ft`: 100 epochs, SGD lr 0.01
 with momentum 0.9 and a cosine schedule, batch 256, weight decay 5e-4.
 """
-from benchmark.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from benchmark.extension.schema import Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.defenses.base import DefenseModule
 

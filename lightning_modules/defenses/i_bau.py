@@ -85,7 +85,7 @@ from typing import Callable, Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from benchmark.schema import ClosedUnitInterval, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from benchmark.extension.schema import ClosedUnitInterval, Momentum, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.defenses.base import DefenseModule
 

@@ -3,7 +3,7 @@ get a query oracle instead of the model)."""
 import importlib
 import pkgutil
 
-from benchmark.registry import Registry
+from benchmark.extension.registry import Registry
 from lightning_modules.reactivation.base import ReactivationModule
 
 REACTIVATIONS: Registry[type[ReactivationModule]] = Registry(

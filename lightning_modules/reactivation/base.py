@@ -13,7 +13,7 @@ poisoned training samples, or clean ones for the gUAA control); so is
 evaluation, through `DeltaEvaluation` below, the suite's one protocol.
 
 A method's user-settable parameters are declared once, in `__init__`, with
-their ranges as type hints (benchmark.schema, typing.Literal); the runner
+their ranges as type hints (benchmark.extension.schema, typing.Literal); the runner
 checks values against them before it builds the module. `__init__` checks
 only rules between parameters (the budget against the norm) or on what the
 runner supplies.
@@ -26,7 +26,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from benchmark.schema import PositiveFloat, PositiveInt
+from benchmark.extension.schema import PositiveFloat, PositiveInt
 from lightning_modules.base import POISONED, BackdoorStage
 from lightning_modules.reactivation.norms import NORMS, check_budget, project, random_init
 

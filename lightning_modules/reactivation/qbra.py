@@ -20,7 +20,7 @@ import math
 import torch
 
 from benchmark.errors import ConfigError
-from benchmark.schema import ClosedUnitInterval, Fraction, PositiveFloat, PositiveInt
+from benchmark.extension.schema import ClosedUnitInterval, Fraction, PositiveFloat, PositiveInt
 from lightning_modules.reactivation import REACTIVATIONS
 from lightning_modules.reactivation.base import QUERY, Norm, ReactivationModule
 from lightning_modules.reactivation.oracle import QueryOracle

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import ConfigError
-from benchmark.schema import NonNegativeFloat, PositiveFloat, PositiveInt
+from benchmark.extension.schema import NonNegativeFloat, PositiveFloat, PositiveInt
 from lightning_modules.reactivation import REACTIVATIONS
 from lightning_modules.reactivation.base import TRANSFER, Norm, ReactivationModule
 

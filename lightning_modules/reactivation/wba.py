@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmark.schema import NonNegativeFloat, PositiveFloat, PositiveInt
+from benchmark.extension.schema import NonNegativeFloat, PositiveFloat, PositiveInt
 from lightning_modules.reactivation import REACTIVATIONS
 from lightning_modules.reactivation.base import WHITE_BOX, Norm, ReactivationModule
 

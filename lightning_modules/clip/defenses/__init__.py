@@ -4,7 +4,7 @@
 import importlib
 import pkgutil
 
-from benchmark.registry import Registry
+from benchmark.extension.registry import Registry
 from lightning_modules.clip.defenses.base import ClipDefenseModule
 
 CLIP_DEFENSES: Registry[type[ClipDefenseModule]] = Registry(

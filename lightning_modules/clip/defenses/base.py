@@ -18,7 +18,7 @@ lr 1e-5, AdamW with weight decay 0.1).
 from __future__ import annotations
 
 from benchmark.models.clip_model import ClipModel
-from benchmark.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from benchmark.extension.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning_modules.clip.base import ClipStage
 
 

@@ -21,7 +21,7 @@ import torch
 from torchvision.transforms import v2
 
 from benchmark.models.clip_model import ClipModel
-from benchmark.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from benchmark.extension.schema import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from benchmark.text.eda import EDA
 from lightning_modules.clip.base import clip_loss, in_modal_loss
 from lightning_modules.clip.defenses import CLIP_DEFENSES
