@@ -64,7 +64,7 @@ def build_graph(grid: Grid, store: ArtifactStore | None = None, specs=None) -> J
     """Plan every cell of the grid, or the cells `specs` describe when given
     (loading each dataset once); raises on any bad name, value or missing
     dataset before a single job runs."""
-    from benchmark.cell.cells import build_cell_datamodule, datamodule_key, make_cell
+    from benchmark.cell.cell import build_cell_datamodule, datamodule_key, make_cell
 
     store = store or ArtifactStore(grid.store)
     modules = {}

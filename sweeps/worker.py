@@ -60,8 +60,8 @@ class JobRunner:
         self._cells: dict[str, object] = {}
 
     def cell(self, spec_text: str):
-        from benchmark.cell.cells import build_cell_datamodule, datamodule_key, make_cell
-        from benchmark.cell.clip_spec import spec_from_dict
+        from benchmark.cell.cell import build_cell_datamodule, datamodule_key, make_cell
+        from benchmark.cell.spec import spec_from_dict
 
         if spec_text not in self._cells:
             spec = spec_from_dict(json.loads(spec_text))

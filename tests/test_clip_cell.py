@@ -9,8 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from benchmark.cell.clip_cell import ClipCell
-from benchmark.cell.clip_spec import ClipCellSpec, spec_from_dict
+from benchmark.cell import Cell
+from benchmark.cell.stages import clip_training
+from benchmark.cell import ClipCellSpec, spec_from_dict
 from benchmark.errors import ConfigError, UnknownNameError
 from benchmark.storage.store import ArtifactStore
 from lightning_modules.clip.defenses import CLIP_DEFENSES
@@ -34,8 +35,8 @@ def tiny_spec(**overrides) -> ClipCellSpec:
     return ClipCellSpec(**fields)
 
 
-def make(tmp_path, **overrides) -> ClipCell:
-    return ClipCell(tiny_spec(**overrides), ArtifactStore(tmp_path / "store"), data_dir=tmp_path / "data",
+def make(tmp_path, **overrides) -> Cell:
+    return Cell(tiny_spec(**overrides), ArtifactStore(tmp_path / "store"), data_dir=tmp_path / "data",
                     accelerator="cpu", progress=False)
 
 
@@ -78,7 +79,7 @@ def test_a_tiny_clip_cell_runs_every_stage_and_resumes_from_the_store(tmp_path):
 def test_poisoned_pairs_get_the_trigger_and_a_caption_naming_the_target(tmp_path):
     cell = make(tmp_path, reactivations=())
     ctx = cell.ctx
-    captions = ctx.training_captions()
+    captions = clip_training.training_captions(ctx)
     target = cell.dm.class_names[cell.spec.target_label]
     poisoned = set(cell.poison_idx.tolist())
     for i, caption in enumerate(captions):
@@ -89,8 +90,8 @@ def test_poisoned_pairs_get_the_trigger_and_a_caption_naming_the_target(tmp_path
     # the poisoning module triggers exactly the poisoned rows of a batch
     from lightning_modules.clip.poisoning import ClipPoisoning
 
-    model = ctx.new_clip(ctx.model_spec())
-    module = ClipPoisoning(model, model.tokenize(captions), ctx.trigger, ctx.poison_mask())
+    model = ctx.new_model(ctx.model_spec())
+    module = ClipPoisoning(model, model.tokenize(captions), ctx.trigger, clip_training.poison_mask(ctx))
     idx = torch.arange(64)
     x = cell.dm.train_images[idx].float() / 255
     out, tokens = module.prepare_batch(x, idx)

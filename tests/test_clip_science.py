@@ -53,7 +53,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cell.clip_cell import ClipCell
+from benchmark.cell import Cell
 from sweeps.grid import load_grid
 
 pytestmark = [pytest.mark.slow, pytest.mark.clip_science, pytest.mark.usefixtures("all_cores")]
@@ -63,10 +63,10 @@ DEMO = Path(__file__).resolve().parents[1] / "sweeps" / "clip-demo.yaml"
 CONTROL_BUDGET = {"poison_epochs": 1}
 
 
-def _cell(science_store, **overrides) -> ClipCell:
+def _cell(science_store, **overrides) -> Cell:
     [spec] = load_grid(DEMO).cells()
     spec = dataclasses.replace(spec, **overrides)
-    return ClipCell(spec, science_store, data_dir=os.environ.get("DATA_DIR", "data"), accelerator="cpu",
+    return Cell(spec, science_store, data_dir=os.environ.get("DATA_DIR", "data"), accelerator="cpu",
                     progress=False)
 
 

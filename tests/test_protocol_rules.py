@@ -19,7 +19,7 @@ import torch
 from benchmark.cli import build_parser
 from benchmark.extension.contract import check_defense_contract, check_reactivation_contract
 from benchmark.errors import ConfigError
-from benchmark.cell.spec import CellSpec
+from benchmark.cell import CellSpec
 from datamodules.base import BackdoorDataModule
 from lightning_modules.attacks.base import AttackModule
 from lightning_modules.attacks.wanet import WaNetAttackModule

@@ -1,9 +1,10 @@
 """One cell of the benchmark: dataset x architecture x attack x defenses x seed,
-planned as a graph of stage jobs over the artifact store.
+planned as a graph of stage jobs over the artifact store, for a model of any
+family (benchmark/cell/family.py: a classifier, a CLIP).
 
     train   clean model f_C ──┬──▶ trigger  (a trigger with state: prepared once)
                               │        │
-    attack  backdoored model f_A ◀─────┘
+    attack  backdoored model f_A ◀─────┘        (these three: the family's)
     evaluate  f_C under f_A's trigger
     defense   f_D = defense(f_A)
     bec       S(f_A, f_X), X in {C, A, D}
@@ -14,51 +15,64 @@ Every job's store key is known before anything runs (a hash of its kind,
 config and its inputs' keys), so a grid can deduplicate jobs across cells
 (one f_C per dataset x arch x seed, one f_A per attack shared by all its
 defenses), print a dry run, and resume. The stage kinds live in
-`benchmark/stages/` (one module each); this module only composes them.
+`benchmark/cell/stages/` (one module each); this module only composes them.
 `Cell.run()` executes the plan in order in this process; the sweep executor
 hands jobs to its worker processes.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from benchmark.storage.checkpoints import JobCheckpoints
+from benchmark.cell.context import CellContext
+from benchmark.cell.job import Plan, StageJob
 from benchmark.cell.rows import BACKDOORED_ROW, CLEAN_ROW, cell_rows
-from benchmark.cell.spec import DEFENSE_RUNNER_ARGS, REACTIVATION_RUNNER_ARGS, SURROGATE_KEYS, CellSpec
-from benchmark.cell.stages import bec, controls, defense, evaluate, reactivation, training, trigger
-from benchmark.cell.stages.context import CellContext
-from benchmark.cell.stages.job import Plan, StageJob
+from benchmark.cell.spec import SpecBase
+from benchmark.cell.stages import bec, controls, defense, evaluate, reactivation
+from benchmark.storage.checkpoints import JobCheckpoints
 from benchmark.storage.store import Artifact, ArtifactStore
 from benchmark.training import TrainerFactory
-from datamodules import build_datamodule
 
-__all__ = ["Cell", "CellSpec", "StageJob", "CLEAN_ROW", "BACKDOORED_ROW", "DEFENSE_RUNNER_ARGS",
-           "REACTIVATION_RUNNER_ARGS", "SURROGATE_KEYS"]
+__all__ = ["Cell", "make_cell", "build_cell_datamodule", "datamodule_key"]
+
+
+def datamodule_key(spec: SpecBase) -> str:
+    """Cells with equal keys can share one loaded data module."""
+    return json.dumps([spec.dataset, spec.family.datamodule_args(spec)], sort_keys=True)
+
+
+def build_cell_datamodule(spec: SpecBase, data_dir: str | Path):
+    from datamodules import build_datamodule
+
+    return build_datamodule(spec.dataset, data_dir=data_dir, **spec.family.datamodule_args(spec))
 
 
 class Cell:
-    def __init__(self, spec: CellSpec, store: ArtifactStore, data_dir: str | Path = "data",
+    """A cell of any model family (the spec's): its plan of stage jobs, and
+    running them."""
+
+    def __init__(self, spec: SpecBase, store: ArtifactStore, data_dir: str | Path = "data",
                  accelerator: str = "auto", progress: bool = True, console: Console | None = None,
                  trainers: TrainerFactory | None = None, datamodule=None, checkpoint_every: int = 5,
                  compile: bool = False):
         spec.validate()
-        #: epochs between checkpoints of a job's fits (benchmark/checkpoints.py)
+        #: epochs between checkpoints of a job's fits (benchmark/storage/checkpoints.py)
         self.checkpoint_every = checkpoint_every
         self.spec = spec
+        self.family = spec.family
         self.store = store
         self.console = console or Console(stderr=True, quiet=not progress)
         self.trainers = trainers or TrainerFactory(accelerator, progress, compile=compile)
         # A grid passes one loaded data module to all cells of a dataset.
-        self.dm = datamodule or build_datamodule(spec.dataset, data_dir=data_dir, batch_size=spec.batch_size,
-                                                 **spec.data_params)
+        self.dm = datamodule or build_cell_datamodule(spec, data_dir)
         self.dm.setup()
         self.dm.device = self.trainers.device  # batches are served where the model trains
         if self.trainers.device.type == "cuda":
             # evaluation and queries: as large as a GPU takes without strain
-            self.dm.eval_batch_size = max(self.dm.eval_batch_size, 4096)
+            self.dm.eval_batch_size = max(self.dm.eval_batch_size, self.family.gpu_eval_batch_size)
         self.dm.check_target(spec.target_label)
         self.ctx = CellContext(spec, store, self.dm, self.trainers, self.console)
         self.poison_idx, self.clean_idx = self.ctx.poison_idx, self.ctx.clean_idx
@@ -84,11 +98,7 @@ class Cell:
         """All jobs of this cell in dependency order."""
         s, ctx = self.spec, self.ctx
         plan = Plan(self.name)
-        clean = plan.add(training.clean_job(ctx))
-        prepared = trigger.trigger_job(ctx, clean)
-        prepared = plan.add(prepared) if prepared is not None else None
-        attack = plan.add(training.attack_job(ctx, s.arch, prepared))
-        ctx.trigger_job, ctx.attack_job = prepared, attack
+        clean, attack = self.family.plan_models(ctx, plan)
         plan.add(evaluate.evaluate_job(ctx, clean, attack))
         models = {CLEAN_ROW: clean, BACKDOORED_ROW: attack}
         for name in s.defenses:
@@ -99,10 +109,12 @@ class Cell:
             plan.add(bec.bec_job(ctx, attack, clean, job, label))
 
         def surrogate_jobs(method: str, model_label: str, params: dict) -> list[StageJob]:
+            """A transfer method's surrogates: the attacker's own f_A (on its
+            architecture) under the cell's other defenses."""
             arch, names = reactivation.surrogate_names(ctx, method, model_label, params, (CLEAN_ROW, BACKDOORED_ROW))
             if not names:
                 return []
-            source = plan.add(training.attack_job(ctx, arch, prepared))
+            source = self.family.surrogate_source(ctx, plan, method, arch)
             return [plan.add(defense.defense_job(ctx, name, source)) for name in names]
 
         for method in s.reactivations:
@@ -136,7 +148,7 @@ class Cell:
 
     def train_defense(self, name: str, attack: Artifact):
         """Apply defense `name` to f_A: the defense gets the backdoored model and
-        the clean subset only."""
+        the defender's data only (the family's: clean subset, clean pairs)."""
         return defense.train_defense(self.ctx, name, attack)
 
     # ---- executing -------------------------------------------------------------------
@@ -172,3 +184,8 @@ class Cell:
 
     def describe(self) -> dict:
         return self.spec.to_dict()
+
+
+def make_cell(spec: SpecBase, store: ArtifactStore, **kwargs) -> Cell:
+    """The cell of a spec of any family (grids, the sweep worker, SLURM jobs)."""
+    return Cell(spec, store, **kwargs)

@@ -10,23 +10,23 @@ from __future__ import annotations
 from benchmark.measures.bec import backdoor_existence_coefficient, min_max_bec
 from benchmark.errors import StoreError
 from benchmark.measures.metrics import defense_effectiveness_rating
-from benchmark.cell.spec import CellSpec
+from benchmark.cell.spec import SpecBase
 from benchmark.cell.stages import bec, evaluate, reactivation
-from benchmark.cell.stages.job import Plan, StageJob
+from benchmark.cell.job import Plan, StageJob
 from benchmark.cell.stages.training import CLEAN_LABEL
 from benchmark.storage.store import ArtifactStore
 
 CLEAN_ROW, BACKDOORED_ROW = "clean", "backdoored"
 
 
-def model_jobs(spec: CellSpec, plan: Plan) -> dict[str, StageJob]:
+def model_jobs(spec: SpecBase, plan: Plan) -> dict[str, StageJob]:
     """The job holding each row's model; "none" is f_A itself."""
     jobs = {CLEAN_ROW: plan.job("train", CLEAN_LABEL), BACKDOORED_ROW: plan.job("attack", spec.attack)}
     jobs.update({d: jobs[BACKDOORED_ROW] if d == "none" else plan.job("defense", d) for d in spec.defenses})
     return jobs
 
 
-def cell_rows(spec: CellSpec, store: ArtifactStore, plan: Plan) -> list[dict]:
+def cell_rows(spec: SpecBase, store: ArtifactStore, plan: Plan) -> list[dict]:
     def metrics(job: StageJob) -> dict:
         return store.load(job.kind, job.key).metrics
 

@@ -8,8 +8,8 @@ import torch
 import benchmark.measures.bec as bec_module
 from benchmark.measures.bec import backdoor_similarity, rank_backdoor_channels, selected_features
 from benchmark.storage.fingerprint import code_fingerprint
-from benchmark.cell.stages.context import CellContext
-from benchmark.cell.stages.job import StageJob
+from benchmark.cell.context import CellContext
+from benchmark.cell.job import StageJob
 
 
 def label(model_label: str) -> str:

@@ -7,8 +7,8 @@ import benchmark.measures.controls as controls_module
 from benchmark.measures.bec import rank_backdoor_channels, selected_features
 from benchmark.measures.controls import NOISE_LEVELS, mechanism_similarity, noise_robustness
 from benchmark.storage.fingerprint import code_fingerprint
-from benchmark.cell.stages.context import CellContext
-from benchmark.cell.stages.job import StageJob
+from benchmark.cell.context import CellContext
+from benchmark.cell.job import StageJob
 
 
 def controls_job(ctx: CellContext, method: str, model_label: str, attack: StageJob, model: StageJob,

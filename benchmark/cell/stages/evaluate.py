@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import benchmark.training as training_module
 from benchmark.storage.fingerprint import code_fingerprint
-from benchmark.cell.stages.context import CellContext
-from benchmark.cell.stages.job import StageJob
+from benchmark.cell.context import CellContext
+from benchmark.cell.job import StageJob
 from lightning_modules.base import BackdoorStage
 
 LABEL = "clean model under the trigger"

@@ -17,9 +17,8 @@ import lightning_modules.reactivation.oracle as oracle_module
 from benchmark.errors import ConfigError
 from benchmark.storage.fingerprint import code_fingerprint
 from benchmark.cell.spec import SURROGATE_KEYS
-from benchmark.cell.stages.context import CellContext
-from benchmark.cell.stages.job import StageJob
-from lightning_modules.defenses import DEFENSES
+from benchmark.cell.context import CellContext
+from benchmark.cell.job import StageJob
 from lightning_modules.reactivation import REACTIVATIONS
 from lightning_modules.reactivation.base import QUERY, TRANSFER, WHITE_BOX
 
@@ -102,7 +101,7 @@ def surrogate_names(ctx: CellContext, method: str, model_label: str, params: dic
     if names is None:  # default: every other defense of this cell
         names = [d for d in s.defenses if d not in (model_label, "none")]
     for name in names:
-        DEFENSES.get(name)
+        ctx.family.defenses.get(name)
         if name == model_label and arch == s.arch:
             raise ConfigError(f"{method}: surrogate {name!r} is the victim's own defense on the same "
                               f"architecture; that is white-box re-activation, not transfer")

@@ -1,6 +1,6 @@
-"""Stages `train` (the clean model f_C) and `attack` (the backdoored model
-f_A): the attack's LightningModule on the training set, poisoned at the
-cell's seeded indices with the (prepared) trigger."""
+"""The classifier family's stages `train` (the clean model f_C) and `attack`
+(the backdoored model f_A): the attack's LightningModule on the training
+set, poisoned at the cell's seeded indices with the (prepared) trigger."""
 from __future__ import annotations
 
 import torch
@@ -8,8 +8,8 @@ import torch
 import benchmark.training as training_module
 from benchmark.storage.fingerprint import code_fingerprint
 from benchmark.models import ImageClassifier, backbone_class
-from benchmark.cell.stages.context import CellContext
-from benchmark.cell.stages.job import StageJob
+from benchmark.cell.context import CellContext
+from benchmark.cell.job import StageJob
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.base import STATE_PREFIX
 from lightning_modules.attacks import ATTACKS
@@ -30,11 +30,16 @@ def training_code(ctx: CellContext, model_spec: dict, attack: str) -> str:
     return code_fingerprint(*objects)
 
 
+def train_spec(ctx: CellContext) -> dict:
+    s = ctx.spec
+    return {"epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed}
+
+
 def clean_job(ctx: CellContext) -> StageJob:
     s = ctx.spec
     model_spec = ctx.model_spec()
     config = {"attack": "clean", "data_order": s.clean_data_order, "data": ctx.dm.identity(), "model": model_spec,
-              "train": ctx.train_spec(), "code": training_code(ctx, model_spec, "clean")}
+              "train": train_spec(ctx), "code": training_code(ctx, model_spec, "clean")}
     return StageJob("train", CLEAN_LABEL, config, {}, lambda inputs: train(ctx, model_spec, None))
 
 
@@ -45,7 +50,7 @@ def attack_job(ctx: CellContext, arch: str, trigger_job: StageJob | None) -> Sta
     config = {"attack": s.attack, "trigger": ctx.trigger_config, "module": s.attack_params,
               "poison_rate": s.poison_rate,
               "poison_selection": ctx.poison_selection, "target_label": s.target_label,
-              "data": ctx.dm.identity(), "model": model_spec, "train": ctx.train_spec(),
+              "data": ctx.dm.identity(), "model": model_spec, "train": train_spec(ctx),
               "code": training_code(ctx, model_spec, s.attack)}
     deps = {"trigger": trigger_job} if trigger_job is not None else {}
     label = s.attack if arch == s.arch else f"{s.attack} ({arch})"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import benchmark.triggers.preparation as preparation_module
 from benchmark.storage.fingerprint import code_fingerprint
-from benchmark.cell.stages.context import CellContext
-from benchmark.cell.stages.job import StageJob
+from benchmark.cell.context import CellContext
+from benchmark.cell.job import StageJob
 from benchmark.triggers import TRIGGERS
 from benchmark.triggers.preparation import PreparationContext
 

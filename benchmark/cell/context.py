@@ -1,6 +1,7 @@
-"""What every stage of one cell shares: the spec, the loaded data with the
-cell's seeded selections, the store, the trainer settings, model building
-and loading, the trigger and the evaluation sets.
+"""What every stage of one cell shares, whatever its model family: the
+spec, the loaded data with the cell's seeded selections, the store, the
+trainer settings, models (built, loaded and viewed as classifiers through
+the family), the trigger and the evaluation sets.
 
 The trigger is built from its parameters; a trigger with state (prepared in
 its own stage, or learned while training f_A) is completed from the store
@@ -16,21 +17,19 @@ import torch
 from rich.console import Console
 
 from benchmark.errors import StoreError
-from benchmark.models import ImageClassifier, build_model
-from benchmark.cell.spec import CellSpec
 from benchmark.storage.store import Artifact, ArtifactStore
 from benchmark.training import TrainerFactory
 from benchmark.triggers import Trigger, build_trigger, takes_seed
 from benchmark.triggers.base import STATE_PREFIX
-from lightning_modules.attacks import ATTACKS
 from lightning_modules.base import BackdoorStage
 from lightning_modules.reactivation.base import DeltaEvaluation
 
 
 class CellContext:
-    def __init__(self, spec: CellSpec, store: ArtifactStore, dm, trainers: TrainerFactory, console: Console):
+    def __init__(self, spec, store: ArtifactStore, dm, trainers: TrainerFactory, console: Console):
         self.spec, self.store, self.dm, self.trainers, self.console = spec, store, dm, trainers, console
-        self.preset = ATTACKS.get(spec.attack)
+        self.family = spec.family
+        self.preset = self.family.attacks.get(spec.attack)
         params = {**self.preset.trigger_params, **spec.trigger_params}
         self.trigger_params = params
         # The seed is part of the trigger's identity when its pattern is drawn from it.
@@ -39,11 +38,11 @@ class CellContext:
         # A bad trigger parameter fails here, at planning time.
         self.trigger_class = type(self.new_trigger())
         # Clean-label attacks poison target-class samples only (labels unchanged).
-        self.poison_selection = "target" if self.preset.clean_label else spec.poison_selection
+        self.poison_selection = "target" if getattr(self.preset, "clean_label", False) else spec.poison_selection
         self.poison_idx = dm.poison_indices(spec.poison_rate, spec.target_label, spec.seed,
                                             selection=self.poison_selection)
-        # The defender's clean subset: clean pixels of any training index by
-        # default (BackdoorBench), or of never-poisoned ones only.
+        # The defender's clean subset: clean pixels of any training index
+        # (BackdoorBench), or of never-poisoned ones only.
         self.clean_idx = dm.clean_subset_indices(
             spec.clean_ratio, spec.seed, exclude=self.poison_idx if spec.clean_subset == "non_poisoned" else None)
         # Where the re-activation attacker's samples come from (non-target
@@ -57,33 +56,10 @@ class CellContext:
     @property
     def name(self) -> str:
         s = self.spec
-        return f"{s.dataset}/{s.arch}/{s.attack}/seed{s.seed}"
+        return f"{self.family.name_prefix}{s.dataset}/{s.arch}/{s.attack}/seed{s.seed}"
 
     def seed_everything(self) -> None:
         L.seed_everything(self.spec.seed, workers=True, verbose=False)
-
-    # ---- models --------------------------------------------------------------------
-    def model_spec(self, arch: str | None = None) -> dict:
-        c, h, _ = self.dm.image_shape
-        return {"arch": arch or self.spec.arch, "num_classes": self.dm.num_classes, "in_channels": c,
-                "image_size": h, "mean": list(self.dm.mean), "std": list(self.dm.std)}
-
-    def train_spec(self) -> dict:
-        s = self.spec
-        return {"epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed}
-
-    @staticmethod
-    def new_model(model_spec: dict) -> ImageClassifier:
-        m = model_spec
-        return build_model(m["arch"], m["num_classes"], m["in_channels"], m["image_size"], m["mean"], m["std"])
-
-    def plan_model(self, model_spec: dict) -> ImageClassifier:
-        """A model for planning only (names of layers, a method's parameter
-        checks): built on the meta device, so no weights are allocated or
-        initialised. A CIFAR-10 grid plans hundreds of jobs on PreAct-ResNet18;
-        real initialisation (~0.3 s each on a CPU) made its dry run take minutes."""
-        with torch.device("meta"):
-            return self.new_model(model_spec)
 
     def planned(self, what: tuple, make):
         """`make()` once per plan-time question (a defense's or a method's
@@ -93,20 +69,42 @@ class CellContext:
             self._planned[key] = make()
         return self._planned[key]
 
-    def load_model(self, artifact: Artifact) -> ImageClassifier:
+    # ---- models (the family's) --------------------------------------------------------
+    def model_spec(self, arch: str | None = None) -> dict:
+        return self.family.model_spec(self, arch or self.spec.arch)
+
+    def new_model(self, model_spec: dict):
+        """A freshly initialised trainable model."""
+        return self.family.new_model(self, model_spec)
+
+    def plan_model(self, model_spec: dict):
+        """The classifier view without weights (meta device): layer names and
+        parameter checks at planning time."""
+        return self.family.plan_model(self, model_spec)
+
+    def plan_trainable(self, model_spec: dict):
+        return self.family.plan_trainable(self, model_spec)
+
+    def load_trainable(self, artifact: Artifact):
+        """The stored model as its family trains it (a CLIP, a classifier)."""
         try:
             model_spec = artifact.config["model"]
-            model = self.new_model(model_spec)
+            model = self.family.new_model(self, model_spec)
         except (KeyError, TypeError):
             raise StoreError(f"{artifact.path} holds no model description; delete that directory") from None
-        # f_A's artifact may also hold a trigger learned with it (Input-Aware).
-        weights = {k: v for k, v in artifact.tensors().items() if not k.startswith(STATE_PREFIX)}
         try:
-            model.load_state_dict(weights, strict=True)
+            self.family.load_weights(model, artifact.tensors())
         except RuntimeError as exc:
             raise StoreError(f"weights in {artifact.path} do not fit {model_spec['arch']} "
                              f"({str(exc).splitlines()[0]}); delete that directory to recompute it") from None
         return model.to(self.trainers.device)
+
+    def load_model(self, artifact: Artifact):
+        """The stored model's classifier view: what every shared stage measures."""
+        return self.classifier_view(self.load_trainable(artifact))
+
+    def classifier_view(self, model):
+        return self.family.classifier_view(self, model)
 
     # ---- the trigger -----------------------------------------------------------------
     def new_trigger(self) -> Trigger:
