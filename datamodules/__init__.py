@@ -1,11 +1,9 @@
 """LightningDataModules, registered by short name."""
-from benchmark.extension.registry import Registry
 from datamodules.base import BackdoorDataModule
+from datamodules.registry import DATASETS
 
-DATASETS: Registry[type[BackdoorDataModule]] = Registry("dataset")
-
-from datamodules import cifar10, fashion_mnist, gtsrb, synthetic, tiny_imagenet  # noqa: E402,F401  (registers)
-from datamodules import captions, fashion_mnist_captions, synthetic_captions  # noqa: E402,F401  (registers)
+from datamodules import cifar10, fashion_mnist, gtsrb, synthetic, tiny_imagenet  # noqa: F401  (registers)
+from datamodules import captions, fashion_mnist_captions, synthetic_captions  # noqa: F401  (registers)
 
 
 def build_datamodule(name: str, **kwargs) -> BackdoorDataModule:

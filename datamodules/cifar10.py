@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from benchmark.errors import DataNotFoundError
-from datamodules import DATASETS
+from datamodules.registry import DATASETS
 from datamodules.base import BackdoorDataModule
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 from benchmark.errors import DataNotFoundError
-from datamodules import DATASETS
+from datamodules.registry import DATASETS
 from datamodules.base import BackdoorDataModule
 from datamodules.idx import read_idx
 

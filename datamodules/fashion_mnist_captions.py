@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from benchmark.errors import ConfigError
-from datamodules import DATASETS
+from datamodules.registry import DATASETS
 from datamodules.captions import CaptionDataModule
 from datamodules.fashion_mnist import FashionMNISTDataModule
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from benchmark.errors import DataNotFoundError
-from datamodules import DATASETS
+from datamodules.registry import DATASETS
 from datamodules.base import BackdoorDataModule
 from datamodules.cache import read_cache, write_cache
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from datamodules import DATASETS
+from datamodules.registry import DATASETS
 from datamodules.base import BackdoorDataModule
 
 

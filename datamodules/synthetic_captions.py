@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from datamodules import DATASETS
+from datamodules.registry import DATASETS
 from datamodules.captions import CaptionDataModule
 from datamodules.synthetic import SyntheticDataModule
 

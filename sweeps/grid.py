@@ -20,8 +20,9 @@ checked before anything runs.
                                        # defenses and cell settings (a capacity ladder:
                                        # sweeps/reproduce.yaml)
     executor: {jobs_per_gpu: 1, cpu_workers: 1}  # or {backend: slurm, ...}: sweeps/slurm.py
-    kind: classifier                   # or clip: CLIP cells (benchmark/clip_spec.py
-                                       # fields under `cell`; CLIP attacks and defenses)
+    kind: classifier                   # the model family; or clip: CLIP cells
+                                       # (benchmark/cell/families/clip.py fields under
+                                       # `cell`; CLIP attacks and defenses)
     store: store                       # artifact store (shared by grids)
     output: runs/demo                  # report, logs, W&B runs
     data_dir: data
@@ -35,18 +36,20 @@ from pathlib import Path
 
 import yaml
 
-from benchmark.cell import CellSpec
-from benchmark.cell.clip_spec import ClipCellSpec
+from benchmark.cell.family import family, family_names
+from benchmark.cell.spec import SpecBase
 from benchmark.errors import ConfigError
-from lightning_modules.attacks import ATTACKS
-from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
 
 GRIDDED = ("dataset", "arch", "attack", "seed", "defenses", "reactivations", "defense_params",
            "reactivation_params", "trigger_params", "attack_params")
-CELL_FIELDS = [f.name for f in dataclasses.fields(CellSpec) if f.name not in GRIDDED]
-CLIP_CELL_FIELDS = [f.name for f in dataclasses.fields(ClipCellSpec) if f.name not in GRIDDED]
-KINDS = ("classifier", "clip")
+KINDS = tuple(family_names())
+
+
+def cell_fields(kind: str) -> list[str]:
+    """The spec fields a grid's `cell:` may set for a model family."""
+    return [f.name for f in dataclasses.fields(family(kind).spec_class) if f.name not in GRIDDED]
+
 EXECUTOR_FIELDS = {"backend": "local", "jobs_per_gpu": 1, "cpu_workers": 1, "checkpoint_every": 5, "compile": False}
 BACKENDS = ("local", "slurm")
 
@@ -83,8 +86,8 @@ class Grid:
         return (list(own.get("attacks", self.attacks)), list(own.get("seeds", self.seeds)),
                 list(own.get("defenses", self.defenses)), {**self.cell, **own.get("cell", {})})
 
-    def cells(self) -> list[CellSpec | ClipCellSpec]:
-        spec_class = ClipCellSpec if self.kind == "clip" else CellSpec
+    def cells(self) -> list[SpecBase]:
+        spec_class = family(self.kind).spec_class
         specs = []
         for dataset in self.datasets:
             for arch in self.archs:
@@ -93,8 +96,7 @@ class Grid:
                     for seed in seeds:
                         # A classifier attack's options go to its training module or its
                         # trigger by name (CellSpec.validate); a CLIP attack's are its trigger's.
-                        options = self.attack_params.get(attack, {})
-                        options = {"trigger_params": options} if self.kind == "clip" else {"attack_params": options}
+                        options = {family(self.kind).attack_options_field: self.attack_params.get(attack, {})}
                         spec = spec_class(dataset=dataset, arch=arch, attack=attack, seed=seed,
                                         defenses=tuple(defenses), reactivations=tuple(self.reactivations),
                                         defense_params=self.defense_params,
@@ -185,13 +187,8 @@ def load_grid(path: str | Path) -> Grid:
     kind = raw.get("kind", "classifier")
     if kind not in KINDS:
         raise ConfigError(f"{path}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if kind == "clip":
-        from lightning_modules.clip.attacks import CLIP_ATTACKS
-        from lightning_modules.clip.defenses import CLIP_DEFENSES
-
-        attack_registry, defense_registry, cell_fields = CLIP_ATTACKS, CLIP_DEFENSES, CLIP_CELL_FIELDS
-    else:
-        attack_registry, defense_registry, cell_fields = ATTACKS, DEFENSES, CELL_FIELDS
+    attack_registry, defense_registry = family(kind).attacks, family(kind).defenses
+    allowed_cell = cell_fields(kind)
     datasets = _names(raw, "datasets", DATASETS, path)
     archs = _plain_list(raw, "archs", path)
     seeds = _plain_list(raw, "seeds", path, int)
@@ -201,14 +198,14 @@ def load_grid(path: str | Path) -> Grid:
     defenses = _names(raw, "defenses", defense_registry, path)
     reactivations = _names(raw, "reactivations", REACTIVATIONS, path)
     cell = raw.get("cell") or {}
-    if not isinstance(cell, dict) or set(cell) - set(cell_fields):
-        raise ConfigError(f"{path}: 'cell' accepts {', '.join(cell_fields)}; got {sorted(cell)}")
+    if not isinstance(cell, dict) or set(cell) - set(allowed_cell):
+        raise ConfigError(f"{path}: 'cell' accepts {', '.join(allowed_cell)}; got {sorted(cell)}")
     executor = {**EXECUTOR_FIELDS, **(raw.get("executor") or {})}
     if executor["backend"] not in BACKENDS:
         raise ConfigError(f"{path}: executor.backend must be one of {', '.join(BACKENDS)}, "
                           f"got {executor['backend']!r}")
     if executor["backend"] == "slurm":
-        from sweeps.slurm import check_settings
+        from sweeps.slurm_settings import check_settings
 
         executor = {**executor, **check_settings(executor, str(path))}
     elif set(executor) - set(EXECUTOR_FIELDS):
@@ -227,7 +224,7 @@ def load_grid(path: str | Path) -> Grid:
             raise ConfigError(f"{path}: '{key}' maps a method name to its parameters")
         for name in value:
             registry.get(name)
-    per_arch = _per_arch(raw, path, archs, attack_registry, defense_registry, cell_fields)
+    per_arch = _per_arch(raw, path, archs, attack_registry, defense_registry, allowed_cell)
     name = str(raw.get("name") or path.stem)
     grid = Grid(name=name, path=path, datasets=datasets, archs=archs, attacks=attacks, defenses=defenses,
                 reactivations=reactivations, seeds=seeds, cell=cell, attack_params=raw.get("attack_params") or {},

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark.errors import ConfigError
+from benchmark.reporting.console import fmt, table_console
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
 from lightning_modules.reactivation.base import TRANSFER
@@ -72,8 +73,6 @@ def collect_rows(grid_cells, candidate_cells, candidate: str) -> list[dict]:
 
 
 def board_table(board: list[dict], candidate: str, title: str) -> Table:
-    from benchmark.cli import _fmt
-
     table = Table(title=title)
     columns = [("defense", "defense"), ("worst_reactivation_asr", "worst re-activated ASR"),
                ("worst_case", "at"), ("worst_guaa_asr", "its gUAA ASR"), ("clean_acc_cost", "C-Acc cost"),
@@ -83,12 +82,11 @@ def board_table(board: list[dict], candidate: str, title: str) -> Table:
         table.add_column(header, justify="left" if header in ("defense", "at") else "right")
     for rank, entry in enumerate(board, 1):
         style = "bold" if entry["defense"] == candidate else None
-        table.add_row(str(rank), *[_fmt(entry.get(key)) for key, _ in columns], style=style)
+        table.add_row(str(rank), *[fmt(entry.get(key)) for key, _ in columns], style=style)
     return table
 
 
 def run_score(args) -> int:
-    from benchmark.cli import table_console
     from benchmark.reporting.leaderboard import grid_attacks, leaderboard, reference, write_leaderboard
     from benchmark.storage.store import ArtifactStore
     from benchmark.reporting.wandb_logging import log_leaderboard

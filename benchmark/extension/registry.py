@@ -115,3 +115,15 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_methods(package: str, path, skip: tuple[str, ...] = ("base",)) -> None:
+    """Import every module of a method package (their `register` decorators
+    fill its registry), except its shared modules in `skip`: a new method
+    is a new file and nothing else."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(path):
+        if info.name not in skip:
+            importlib.import_module(f"{package}.{info.name}")

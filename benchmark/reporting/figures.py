@@ -1,5 +1,6 @@
-"""The report's figures (benchmark/report.py writes them): BEC against ASR
-(the paper's Figure 1), the re-activation heatmaps and ASR against queries.
+"""The report's figures (benchmark/reporting/report.py writes them): BEC
+against ASR (the paper's Figure 1), the re-activation heatmaps and ASR
+against queries, drawn from the summary of benchmark/reporting/tables.py.
 Rendered through matplotlib's Figure (Agg) without pyplot: no global
 backend, no display."""
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from benchmark.reporting.report import BACKDOORED, CLEAN, _curve_points, _methods, _model_rank, _ordered
+from benchmark.reporting.tables import BACKDOORED, CLEAN, curve_points, method_names, model_rank, ordered
 
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
 
@@ -20,9 +21,9 @@ _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
 def _styles(summary: list[dict]) -> tuple[dict, dict]:
     """Marker per attack, colour per model: the references in black / grey,
     defenses from tab10 (tab20 beyond ten)."""
-    attacks = _ordered(a["attack"] for a in summary)
+    attacks = ordered(a["attack"] for a in summary)
     markers = {a: _MARKERS[i % len(_MARKERS)] for i, a in enumerate(attacks)}
-    defenses = [m for m in _ordered(a["model"] for a in summary) if m not in (CLEAN, BACKDOORED)]
+    defenses = [m for m in ordered(a["model"] for a in summary) if m not in (CLEAN, BACKDOORED)]
     palette = matplotlib.colormaps["tab10" if len(defenses) <= 10 else "tab20"]
     colours = {m: palette(i % palette.N) for i, m in enumerate(defenses)}
     colours.update({CLEAN: "0.55", BACKDOORED: "black"})
@@ -53,12 +54,12 @@ def _legends(fig: Figure, markers: dict, colours: dict, present_models, linestyl
 
 
 def _panels(summary: list[dict]) -> list[tuple]:
-    return _ordered((a["dataset"], a["arch"]) for a in summary)
+    return ordered((a["dataset"], a["arch"]) for a in summary)
 
 
 def _error(agg: dict, col: str, mean: float, scale: float):
     """matplotlib's [[below], [above]] error of `col` from its 95 % interval
-    over seeds (benchmark.reporting.report.summarize), scaled; None without an interval."""
+    over seeds (benchmark.reporting.tables.summarize), scaled; None without an interval."""
     low, high = agg.get(f"{col}_low"), agg.get(f"{col}_high")
     if low is None or high is None:
         return None
@@ -125,8 +126,8 @@ def plot_reactivation(summary: list[dict], methods: list[str], path: Path, title
     7 attacks x 9 defenses where grouped bars would not."""
     panels = _panels(summary)
     several = len(panels) > 1
-    row_keys = _ordered((a["dataset"], a["arch"], a["attack"]) for a in summary)
-    models = sorted(_ordered(a["model"] for a in summary), key=_model_rank([a["model"] for a in summary]).get)
+    row_keys = ordered((a["dataset"], a["arch"], a["attack"]) for a in summary)
+    models = sorted(ordered(a["model"] for a in summary), key=model_rank([a["model"] for a in summary]).get)
     lookup = {(a["dataset"], a["arch"], a["attack"], a["model"]): a for a in summary}
     sources = [("asr", "original trigger")] + [(f"react_asr:{m}", f"re-activated ({m})") for m in methods]
     cmap = matplotlib.colormaps["Reds"].with_extremes(bad="0.88")
@@ -170,7 +171,7 @@ def plot_asr_vs_queries(summary: list[dict], rows: list[dict], path: Path, title
     """ASR after re-activation against the number of queries, per query method;
     None (nothing written) when no row has curve points."""
     keys = set().union(*rows) if rows else set()
-    curves = {m: pts for m in _methods(keys) if (pts := _curve_points(keys, m))}
+    curves = {m: pts for m in method_names(keys) if (pts := curve_points(keys, m))}
     if not curves:
         return None
     markers, colours = _styles(summary)
@@ -203,5 +204,3 @@ def plot_asr_vs_queries(summary: list[dict], rows: list[dict], path: Path, title
     _legends(fig, markers, colours, present, linestyles)
     return _save(fig, path)
 
-
-# ---- entry point --------------------------------------------------------------------------

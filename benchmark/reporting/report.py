@@ -1,18 +1,16 @@
 """Report of a grid of benchmark cells: the files a researcher reads.
 
-Input rows: one dict per (dataset, arch, attack, model, seed), where `model`
-is "clean" (f_C), "backdoored" (f_A) or a defense name (f_D). Metric keys are
-listed in PAPER.md ("Metrics", "BEC"); per re-activation method m there are
-"react_asr:m", "react_ra:m", "guaa_asr:m" and optionally ASR-vs-queries
-points "react_asr:m@Nq". Any other key passes through to CSV / JSON.
-
 write_report() writes results.csv / results.json (every row, every key;
 the CSV also gives each row its group's mean and 95 % interval over seeds
 and the paired re-activation-vs-gUAA test, benchmark.measures.intervals), summary.md
 (mean ± interval half-width over seeds) and the figures: bec_vs_asr.png (the
 paper's Figure 1), reactivation_asr.png and, when curve points exist,
-asr_vs_queries.png. summarize() is the aggregation behind summary.md, flat
-so that W&B can log it as a table. load_rows() reads results.json back.
+asr_vs_queries.png. load_rows() reads results.json back.
+
+The rows' keys, their order and summarize() (the statistics over seeds
+behind summary.md, flat so that W&B can log it as a table) live in
+benchmark.reporting.tables, which the figures share; they are re-exported
+here, where readers of a grid have always imported them.
 
 Missing values (absent key, None, NaN) never raise: they are skipped in means
 and figures and shown as "–" in markdown.
@@ -22,22 +20,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import numbers
-import re
-import statistics
 from pathlib import Path
 
-
-IDENTITY = ["dataset", "arch", "attack", "model", "seed"]
-GROUP = ["dataset", "arch", "attack", "model"]
-BASE_METRICS = ["clean_acc", "asr", "ra", "der", "bec", "bec_minmax", "similarity", "seconds"]
-CLEAN, BACKDOORED = "clean", "backdoored"
-# The paper's order of presentation; unknown methods follow, sorted.
-KNOWN_METHODS = ("wba", "qbra", "tbra")
-METHOD_KINDS = ("react_asr", "react_ra", "guaa_asr")
-
-_METHOD_KEY = re.compile(r"^(react_asr|react_ra|guaa_asr):([^@]+)$")
-_CURVE_KEY = re.compile(r"^react_asr:([^@]+)@(\d+)q$")
+# More names than this module uses: the re-exports the docstring speaks of.
+from benchmark.reporting.tables import (BACKDOORED, BASE_METRICS, CLEAN, GROUP, IDENTITY, KNOWN_METHODS, METHOD_KINDS,
+                                        columns, method_names, metric_columns, ordered, summarize)
 
 # Headers of summary.md; `True` marks rates, shown in percent with one decimal.
 # DER is a rating in [0, 1] that BackdoorBench also reports in percent.
@@ -47,104 +34,6 @@ _MD_BASE = [("clean_acc", "C-Acc %", True), ("asr", "ASR %", True), ("ra", "RA %
 BEC_LEGEND = ("BEC = (S(f_A,f_D) - S(f_A,f_C)) / (1 - S(f_A,f_C)), unclipped, – (undefined) when "
               "1 - S(f_A,f_C) < 0.05; BEC min-max (authors) = the authors' plotting normalisation: min-max of S "
               "over the clean model and the defenses of one attack, the backdoored model left out and plotted at 1")
-
-
-# ---- values and columns ----------------------------------------------------------------
-def _num(value) -> float | None:
-    """A finite float, or None for anything missing or non-numeric (NaN, inf, None, text)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _methods(keys) -> list[str]:
-    found = {m.group(2) for k in keys if (m := _METHOD_KEY.match(k))}
-    found |= {m.group(1) for k in keys if (m := _CURVE_KEY.match(k))}
-    return [m for m in KNOWN_METHODS if m in found] + sorted(found - set(KNOWN_METHODS))
-
-
-def _curve_points(keys, method: str) -> list[tuple[int, str]]:
-    """(queries, key) of one method's ASR-vs-queries points, by query count."""
-    return sorted((int(m.group(2)), k) for k in keys if (m := _CURVE_KEY.match(k)) and m.group(1) == method)
-
-
-def metric_columns(rows: list[dict]) -> list[str]:
-    """Base metrics (always), then per method its re-activation / gUAA columns and curve points."""
-    keys = set().union(*rows) if rows else set()
-    cols = list(BASE_METRICS)
-    for m in _methods(keys):
-        cols += [f"{kind}:{m}" for kind in METHOD_KINDS if f"{kind}:{m}" in keys]
-        cols += [k for _, k in _curve_points(keys, m)]
-    return cols
-
-
-def columns(rows: list[dict]) -> list[str]:
-    """Stable column order: identity, the known metrics, then every other key sorted."""
-    known = IDENTITY + metric_columns(rows)
-    others = sorted(set().union(*rows) - set(known)) if rows else []
-    return known + others
-
-
-def _ordered(values) -> list:
-    """Distinct values in first-appearance order: the grid's own order, and no
-    comparison between e.g. None and str."""
-    return list(dict.fromkeys(values))
-
-
-def _model_rank(models: list) -> dict:
-    """Clean and backdoored references first, then defenses as they appear."""
-    rest = [m for m in _ordered(models) if m not in (CLEAN, BACKDOORED)]
-    return {m: i for i, m in enumerate([CLEAN, BACKDOORED] + rest)}
-
-
-# ---- aggregation ------------------------------------------------------------------------
-def summarize(rows: list[dict]) -> list[dict]:
-    """Mean, sample std (ddof=1) and 95 % confidence interval over seeds per
-    (dataset, arch, attack, model), and per re-activation method the paired
-    test of re-activation against its gUAA control (benchmark.measures.intervals).
-
-    Each output row has the group keys, `n_seeds` (rows in the group) and for
-    every metric column c: `c_mean`, `c_std`, `c_low`, `c_high` (the interval;
-    None with fewer than two finite values) and `c_n` (finite values used).
-    Per method m with both columns: `gap:m_mean/_low/_high/_n` (react_asr -
-    guaa_asr, paired by seed), `gap:m_p` (one-sided p) and
-    `gap:m_significant` (p < 0.05; None without a test). Every row has the
-    same keys (a W&B table needs that)."""
-    from benchmark.measures.intervals import mean_interval, paired_greater
-
-    metrics = metric_columns(rows)
-    methods = [m for m in _methods(set().union(*rows) if rows else set())
-               if f"react_asr:{m}" in metrics and f"guaa_asr:{m}" in metrics]
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row.get(k) for k in GROUP), []).append(row)
-    order = [{v: i for i, v in enumerate(_ordered(r.get(k) for r in rows))} for k in GROUP[:3]]
-    rank = _model_rank([r.get("model") for r in rows])
-    out = []
-    for key in sorted(groups, key=lambda g: (*(o[v] for o, v in zip(order, g)), rank[g[3]])):
-        members = groups[key]
-        agg = dict(zip(GROUP, key), n_seeds=len(members))
-        for col in metrics:
-            vals = [v for r in members if (v := _num(r.get(col))) is not None]
-            interval = mean_interval(vals)
-            agg[f"{col}_mean"] = interval.mean if interval else None
-            agg[f"{col}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
-            agg[f"{col}_low"] = interval.low if interval else None
-            agg[f"{col}_high"] = interval.high if interval else None
-            agg[f"{col}_n"] = len(vals)
-        for m in methods:
-            test = paired_greater([r.get(f"react_asr:{m}") for r in members],
-                                  [r.get(f"guaa_asr:{m}") for r in members])
-            diff = test.difference if test else None
-            agg[f"gap:{m}_mean"] = diff.mean if diff else None
-            agg[f"gap:{m}_low"] = diff.low if diff else None
-            agg[f"gap:{m}_high"] = diff.high if diff else None
-            agg[f"gap:{m}_n"] = diff.n if diff else 0
-            agg[f"gap:{m}_p"] = test.p_value if test else None
-            agg[f"gap:{m}_significant"] = test.significant if test else None
-        out.append(agg)
-    return out
 
 
 # ---- CSV / JSON -------------------------------------------------------------------------
@@ -189,7 +78,7 @@ def interval_columns(summary: list[dict], metrics: list[str]) -> list[str]:
             continue
         cols += [f"{c}:mean", f"{c}:ci_low", f"{c}:ci_high"]
     keys = set().union(*summary) if summary else set()
-    for m in _ordered(k[4:-5] for k in keys if k.startswith("gap:") and k.endswith("_mean")):
+    for m in ordered(k[4:-5] for k in keys if k.startswith("gap:") and k.endswith("_mean")):
         cols += [f"gap:{m}:mean", f"gap:{m}:ci_low", f"gap:{m}:ci_high", f"gap:{m}:p", f"gap:{m}:significant"]
     return cols
 
@@ -276,7 +165,7 @@ def _markdown(summary: list[dict], methods: list[str], title: str, figures: list
              "- re-act ASR: original trigger + universal perturbation δ on the model; "
              "gUAA ASR: the control, δ optimised on clean inputs, no trigger.", ""]
     header = ["attack", "model", "seeds"] + [h for _, h, _ in cols] + [f"{m} re-act − gUAA (pts)" for m in gaps]
-    for panel in _ordered((a["dataset"], a["arch"]) for a in summary):
+    for panel in ordered((a["dataset"], a["arch"]) for a in summary):
         lines += [f"## {panel[0]} / {panel[1]}", "", "| " + " | ".join(header) + " |",
                   "|" + "|".join(["---"] * 3 + ["---:"] * (len(cols) + len(gaps))) + "|"]
         for agg in (a for a in summary if (a["dataset"], a["arch"]) == panel):
@@ -291,6 +180,9 @@ def _markdown(summary: list[dict], methods: list[str], title: str, figures: list
 def write_report(rows: list[dict], out_dir: Path, title: str = "Backdoor re-activation benchmark") -> dict[str, Path]:
     """Write results.csv, results.json, summary.md and the PNG figures into
     out_dir; returns {name: path} of what was written."""
+    # Imported here, not at the top: matplotlib takes a good part of a second to
+    # import, and readers of this module that only load and summarize rows (the
+    # W&B dashboard) draw nothing.
     from benchmark.reporting.figures import plot_asr_vs_queries, plot_bec_vs_asr, plot_reactivation
 
     out_dir = Path(out_dir)
@@ -298,7 +190,7 @@ def write_report(rows: list[dict], out_dir: Path, title: str = "Backdoor re-acti
     rows = [dict(r) for r in rows]
     cols = columns(rows)
     summary = summarize(rows)
-    methods = _methods(set().union(*rows) if rows else set())
+    methods = method_names(set().union(*rows) if rows else set())
     paths = {"csv": out_dir / "results.csv", "json": out_dir / "results.json", "summary": out_dir / "summary.md"}
     # results.csv: one row per seed as results.json, and beside each value its
     # group's mean and 95 % interval over seeds (empty bounds with one seed)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 
 from benchmark.measures.intervals import mean_interval
-from benchmark.reporting.report import BACKDOORED, CLEAN, _curve_points, _methods, _ordered
+from benchmark.reporting.tables import BACKDOORED, CLEAN, curve_points, method_names, ordered
 
 _NOISE_KEY = re.compile(r"^noise_asr:([^:]+):([^@]+)@(.+)$")
 REFERENCES = {CLEAN: "clean f_C", BACKDOORED: "backdoored f_A"}
@@ -36,7 +36,7 @@ REFERENCES = {CLEAN: "clean f_C", BACKDOORED: "backdoored f_A"}
 def facets(summary: list[dict]) -> dict[tuple, str]:
     """(dataset, arch, attack) -> its key suffix: the attack alone when the
     grid has one dataset and architecture, else dataset-arch-attack."""
-    groups = _ordered(_ident(a) for a in summary)
+    groups = ordered(_ident(a) for a in summary)
     several = len({(d, r) for d, r, _ in groups}) > 1
     return {g: (f"{g[0]}-{g[1]}-{g[2]}" if several else str(g[2])) for g in groups}
 
@@ -105,7 +105,7 @@ def chart_payload(rows: list[dict], summary: list[dict], table) -> dict:
     import wandb
 
     keys = set().union(*rows) if rows else set()
-    methods = _methods(keys)
+    methods = method_names(keys)
     payload = {}
     for group, facet in facets(summary).items():
         where = f"{group[2]} ({group[0]} / {group[1]})"
@@ -119,7 +119,7 @@ def chart_payload(rows: list[dict], summary: list[dict], table) -> dict:
                 payload[f"charts/reactivation/{method}/{facet}"] = wandb.plot.bar(
                     table(bars), "label", "asr_pct",
                     title=f"ASR % of the trigger, after {method} and its gUAA control, {where}")
-            points = _curve_points(keys, method)
+            points = curve_points(keys, method)
             curve = curve_rows(summary, group, points) if points else []
             if curve:
                 payload[f"charts/asr_vs_queries/{method}/{facet}"] = wandb.plot.line(

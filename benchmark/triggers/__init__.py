@@ -1,9 +1,7 @@
 """Triggers: batched tensor ops on [0, 1] images of shape (B, C, H, W)."""
-import importlib
 import inspect
-import pkgutil
 
-from benchmark.extension.registry import Registry
+from benchmark.extension.registry import Registry, import_methods
 from benchmark.triggers.base import AdditiveTrigger, PatternTrigger, Trigger
 
 TRIGGERS: Registry[type[Trigger]] = Registry("trigger")
@@ -15,9 +13,7 @@ TRIGGER_RUNNER_ARGS = ("image_shape", "seed")
 # Every trigger file of this package registers itself on import. Imported by
 # discovery, not by name, so that a trigger's code fingerprint (its file and
 # what it imports) does not cover every other trigger.
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name not in ("base", "preparation"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_methods(__name__, __path__, ("base", "preparation"))
 
 
 def build_trigger(name: str, image_shape: tuple[int, int, int], seed: int = 0, **params) -> Trigger:

@@ -1,9 +1,7 @@
 """Attacks by short name. An attack is a trigger plus a preset; a new module
 class is needed only when the training objective itself changes."""
-import importlib
-import pkgutil
 
-from benchmark.extension.registry import Registry
+from benchmark.extension.registry import Registry, import_methods
 from lightning_modules.attacks.base import AttackModule, AttackPreset
 
 ATTACKS: Registry[AttackPreset] = Registry(
@@ -13,8 +11,6 @@ ATTACKS: Registry[AttackPreset] = Registry(
 
 # Every file of this package registers its preset on import; discovered, not
 # named, so an attack's code fingerprint does not cover the other attacks.
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_methods(__name__, __path__)
 
 __all__ = ["ATTACKS", "AttackModule", "AttackPreset"]

@@ -5,18 +5,14 @@ decorate it with ``@DEFENSES.register("<short name>")``; every file here is
 imported, so the name is usable in the CLI and grids and the contract tests
 cover it, with no other file changed.
 """
-import importlib
-import pkgutil
 
-from benchmark.extension.registry import Registry
+from benchmark.extension.registry import Registry, import_methods
 from lightning_modules.defenses.base import DefenseModule
 
 DEFENSES: Registry[type[DefenseModule]] = Registry(
     "defense", group="bdbench.defenses",
     expects=("a DefenseModule subclass", lambda obj: isinstance(obj, type) and issubclass(obj, DefenseModule)))
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_methods(__name__, __path__)
 
 __all__ = ["DEFENSES", "DefenseModule"]

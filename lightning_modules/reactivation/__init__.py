@@ -1,9 +1,7 @@
 """Re-activation methods by short name (white-box here; black-box variants
 get a query oracle instead of the model)."""
-import importlib
-import pkgutil
 
-from benchmark.extension.registry import Registry
+from benchmark.extension.registry import Registry, import_methods
 from lightning_modules.reactivation.base import ReactivationModule
 
 REACTIVATIONS: Registry[type[ReactivationModule]] = Registry(
@@ -11,8 +9,6 @@ REACTIVATIONS: Registry[type[ReactivationModule]] = Registry(
     expects=("a ReactivationModule subclass",
              lambda obj: isinstance(obj, type) and issubclass(obj, ReactivationModule)))
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name not in ("base", "norms"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_methods(__name__, __path__, ("base", "norms"))
 
 __all__ = ["REACTIVATIONS", "ReactivationModule"]
