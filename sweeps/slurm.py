@@ -13,7 +13,7 @@ data directory). Results travel through the store only; submitit's folder
   not submitted twice (their SLURM ids are kept in `<output>/slurm/jobs.json`).
 - Preemption and time limits: a job is requeued by submitit (up to
   `max_requeues` times) and its training continues from the checkpoint its
-  fits keep in the store's temporary area (benchmark/checkpoints.py).
+  fits keep in the store's temporary area (benchmark/storage/checkpoints.py).
 - Failure: a job that ends without its artifact failed; its dependents are
   cancelled by SLURM (`--kill-on-invalid-dep=yes`) and reported as skipped;
   every other job goes on.

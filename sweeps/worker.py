@@ -28,7 +28,7 @@ import torch
 def stage_model(kind: str, label: str) -> str | None:
     """The model a stage made or measured, as the results rows name it
     ("clean", "backdoored" or the defense), read from the job's label
-    (benchmark/stages: reactivation.label, bec.label); None for stages that
+    (benchmark/cell/stages: reactivation.label, bec.label); None for stages that
     concern no single model (trigger preparation, the clean model under the
     trigger)."""
     if kind == "train":
@@ -82,7 +82,7 @@ class JobRunner:
         if job is None:
             raise LookupError(f"job {job_id} is not in the plan of cell {cell.name}")
         # The config keys W&B panels filter and group on (README, "Weights & Biases");
-        # benchmark/wandb_dashboard.py builds on these names.
+        # benchmark/reporting/wandb_dashboard.py builds on these names.
         run_config = {"grid": self.grid, "dataset": spec.dataset,
                       "arch": job.config.get("model", {}).get("arch", spec.arch), "attack": spec.attack,
                       "seed": spec.seed, "stage": job.kind, "job": job.label,

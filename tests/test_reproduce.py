@@ -3,7 +3,7 @@
 the grid, writes docs/results-fashion-mnist.md and then these tests, which
 read the store). CI does not run them: marker `reproduce`.
 
-Claims, stated before measuring (benchmark/reproduction.py computes them):
+Claims, stated before measuring (benchmark/reporting/reproduction.py computes them):
 1. Attacks: f_A's ASR >= 0.9 at a clean accuracy within 2 points of f_C, on
    every rung and attack (seed means).
 2. Where a defense brings ASR below 0.2, BEC predicts re-activation: BEC > 0

@@ -72,7 +72,7 @@ def test_summary_run_holds_tables_and_charts(grid_run):
     for key in charts:  # every chart's data is in the run
         assert f"{key}_table/_type" in history, key
     # Figure 1 needs BEC, which the tiny grid's synthetic models leave undefined
-    # (f_A and f_C too alike, benchmark/bec.py); where it is defined, the chart is there
+    # (f_A and f_C too alike, benchmark/measures/bec.py); where it is defined, the chart is there
     rows = json.loads((grid_run[0] / "out" / "results.json").read_text())
     for attack in ("badnets", "blended"):
         has_bec = any(r["attack"] == attack and r.get("bec") is not None for r in rows)

@@ -160,7 +160,7 @@ class Cell:
         start = time.perf_counter()
         self.console.print(f"[bold]{job.kind}[/] {job.label} ...", highlight=False)
         # fits checkpoint in the store's temporary area: a job run again after
-        # a kill continues from there (benchmark/checkpoints.py)
+        # a kill continues from there (benchmark/storage/checkpoints.py)
         checkpoints = JobCheckpoints(self.store.checkpoint_dir(job.kind, job.key), self.checkpoint_every)
         self.trainers.checkpoints = checkpoints
         try:

@@ -43,28 +43,22 @@ class ModelFamily:
     #: the spec field a grid's per-attack options (`attack_params`) go to
     attack_options_field: str = "attack_params"
 
-    # ---- the spec and the data --------------------------------------------------------
-    @property
-    def spec_class(self) -> type:
-        raise NotImplementedError
+    #: the family's spec (a `benchmark.cell.spec.SpecBase` subclass)
+    spec_class: type = None
+    #: the registries of the attack presets (each with `trigger`,
+    #: `trigger_params`; a classifier preset also `clean_label`) and the
+    #: defenses that apply to this family
+    attacks = None
+    defenses = None
+
+    # ---- the data ---------------------------------------------------------------------
 
     def datamodule_args(self, spec) -> dict:
         """Keyword arguments of `datamodules.build_datamodule` besides the
         dataset name and data directory."""
         return dict(spec.data_params)
 
-    # ---- the methods that apply ----------------------------------------------------------
-    @property
-    def attacks(self):
-        """The registry of this family's attack presets (each has `trigger`,
-        `trigger_params`; a classifier preset also `clean_label`)."""
-        raise NotImplementedError
-
-    @property
-    def defenses(self):
-        """The registry of this family's defenses."""
-        raise NotImplementedError
-
+    # ---- the defenses ------------------------------------------------------------------
     def defense_module(self, ctx, name: str, model, data_args: dict):
         """Defense `name` built on `model` (a trainable model of this family)
         with the defender's data arguments (`defender_data`)."""

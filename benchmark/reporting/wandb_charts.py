@@ -9,7 +9,7 @@ Values are means over seeds; each chart's table also holds the 95 %
 interval bounds and the seed count (benchmark.measures.intervals), which the W&B
 table view shows beside the chart.
 
-Keys (stable; benchmark/wandb_dashboard.py builds its panels on them):
+Keys (stable; benchmark/reporting/wandb_dashboard.py builds its panels on them):
 
 - `charts/bec_vs_asr/<facet>`: the paper's Figure 1, BEC against the
   trigger's ASR (%), one point per model; `reference` says which points are

@@ -10,7 +10,7 @@ command stops with one line saying so; the spec can be applied later with
 `--spec <output>/wandb/dashboard.json`.
 
 What the panels read (the names are stable; the stage runs carry them,
-sweeps/worker.py, and the summary run, benchmark/wandb_charts.py):
+sweeps/worker.py, and the summary run, benchmark/reporting/wandb_charts.py):
 - config keys of every stage run: CONFIG_KEYS; "stage" is the stage kind
   (train, attack, trigger, defense, bec, evaluate, reactivation, guaa,
   controls), "model" the model it made or measured;

@@ -158,7 +158,7 @@ def _log_run(*, project: str, save_dir: Path, group: str, job_type: str, name: s
 def log_summary(*, project: str, save_dir: Path, grid_name: str, rows: list[dict],
                 summary_rows: list[dict], figures: dict[str, Path]) -> str | None:
     """One "summary" run per grid holding the results tables, the charts
-    built on them (benchmark/wandb_charts.py) and the report's figures;
+    built on them (benchmark/reporting/wandb_charts.py) and the report's figures;
     returns its local run directory, or None when disabled."""
     from benchmark.reporting.wandb_charts import chart_payload
 

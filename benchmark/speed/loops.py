@@ -3,7 +3,7 @@ share. Each workload runs two ways:
 through the suite's real path (Lightning modules fitted or tested by
 `benchmark.training.TrainerFactory`) and through a plain-PyTorch loop that
 does the same work on the same data, model architecture, batch size, device
-and precision. See benchmark/bench.py for what the ratio means.
+and precision. See benchmark/speed/bench.py for what the ratio means.
 
 Work is counted, not assumed: a forward pre-hook on the model counts the
 calls and images every forward sees, on both sides, so a result records that

@@ -1,6 +1,6 @@
 """The five timed workloads of `python -m benchmark.speed.bench`, each as the
 suite's real path beside a plain-PyTorch loop doing the same work
-(benchmark/bench_loops.py has what they share and how work is counted)."""
+(benchmark/speed/loops.py has what they share and how work is counted)."""
 from __future__ import annotations
 
 from typing import Callable

@@ -123,7 +123,7 @@ class ArtifactStore:
         return self.load(kind, key)
 
     def checkpoint_dir(self, kind: str, key: str) -> Path:
-        """Where a running job's fits checkpoint (benchmark/checkpoints.py):
+        """Where a running job's fits checkpoint (benchmark/storage/checkpoints.py):
         in the temporary area, so it is never mistaken for an artifact."""
         return self.root / ".tmp" / "checkpoints" / f"{kind}-{key}"
 

@@ -47,7 +47,7 @@ class PreparationContext:
 
     def loop_checkpoint(self, **holders) -> LoopCheckpoint:
         """The saving and resuming of a preparation loop that changes
-        `holders` (see benchmark/checkpoints.py's LoopCheckpoint)."""
+        `holders` (see benchmark/storage/checkpoints.py's LoopCheckpoint)."""
         return LoopCheckpoint(self.checkpoint_path, self.checkpoint_every, **holders)
 
     def float_images(self, indices: torch.Tensor | None = None) -> torch.Tensor:

@@ -99,22 +99,13 @@ def split_attack_params(attack: str, attack_params: dict, trigger_params: dict) 
 
 class ClassifierFamily(ModelFamily):
     kind = "classifier"
+    spec_class = CellSpec
+    attacks = ATTACKS
+    defenses = DEFENSES
     defense_runner_args = DEFENSE_RUNNER_ARGS
-
-    @property
-    def spec_class(self):
-        return CellSpec
 
     def datamodule_args(self, spec) -> dict:
         return {"batch_size": spec.batch_size, **spec.data_params}
-
-    @property
-    def attacks(self):
-        return ATTACKS
-
-    @property
-    def defenses(self):
-        return DEFENSES
 
     def defense_module(self, ctx, name: str, model, data_args: dict):
         params = dict(ctx.spec.defense_params.get(name, {}))

@@ -34,8 +34,8 @@ import torch
 from benchmark.cell.family import ModelFamily
 from benchmark.cell.spec import SpecBase, _field
 from benchmark.errors import ConfigError
-from benchmark.extension.schema import NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt, \
-    Fraction, validate_params
+from benchmark.extension.schema import Fraction, NonNegativeInt, OpenUnitInterval, PositiveFloat, PositiveInt, \
+    validate_params
 from benchmark.models.clip_model import ClipModel, ZeroShotClassifier, build_clip
 from benchmark.triggers import TRIGGER_RUNNER_ARGS, TRIGGERS
 from datamodules.tensor_dataset import IndexedImages
@@ -87,8 +87,9 @@ class ClipCellSpec(SpecBase):
         from datamodules.captions import CaptionDataModule
 
         if not issubclass(DATASETS.get(self.dataset), CaptionDataModule):
+            captioned = [n for n in DATASETS.names() if issubclass(DATASETS.get(n), CaptionDataModule)]
             raise ConfigError(f"dataset {self.dataset!r} has no captions; a CLIP cell needs a caption dataset: "
-                              f"{', '.join(n for n in DATASETS.names() if issubclass(DATASETS.get(n), CaptionDataModule))}")
+                              f"{', '.join(captioned)}")
         attack = CLIP_ATTACKS.get(self.attack)
         self.trigger_params = validate_params(f"trigger {attack.trigger!r}", TRIGGERS.get(attack.trigger),
                                               self.trigger_params, TRIGGER_RUNNER_ARGS)
@@ -109,22 +110,13 @@ class ClipFamily(ModelFamily):
     kind = KIND
     name_prefix = "clip/"
     defense_label = "CLIP defense"
+    spec_class = ClipCellSpec
+    attacks = CLIP_ATTACKS
+    defenses = CLIP_DEFENSES
     defense_runner_args = CLIP_DEFENSE_RUNNER_ARGS
     gpu_eval_batch_size = 1024
     # a CLIP attack's options are its trigger's (it has no training module of its own)
     attack_options_field = "trigger_params"
-
-    @property
-    def spec_class(self):
-        return ClipCellSpec
-
-    @property
-    def attacks(self):
-        return CLIP_ATTACKS
-
-    @property
-    def defenses(self):
-        return CLIP_DEFENSES
 
     def defense_module(self, ctx, name: str, model, data_args: dict):
         params = dict(ctx.spec.defense_params.get(name, {}))

@@ -1,6 +1,6 @@
 """Stage `bec`: raw S(f_A, f_X), the backdoor similarity of a model to f_A on
-f_A's TAC-ranked channels (benchmark/bec.py), with per-layer CKA values.
-BEC itself is normalised when rows are assembled (benchmark/rows.py)."""
+f_A's TAC-ranked channels (benchmark/measures/bec.py), with per-layer CKA values.
+BEC itself is normalised when rows are assembled (benchmark/cell/rows.py)."""
 from __future__ import annotations
 
 import torch

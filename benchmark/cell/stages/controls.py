@@ -1,5 +1,5 @@
 """Stage `controls`: noise robustness of OBA / RBA / gUAA and the CKA of their
-features (benchmark/controls.py), per re-activation method and defense."""
+features (benchmark/measures/controls.py), per re-activation method and defense."""
 from __future__ import annotations
 
 import benchmark.measures.bec as bec_module
