@@ -31,7 +31,7 @@ from benchmark.cell.context import CellContext
 from benchmark.cell.job import Plan, StageJob
 from benchmark.cell.rows import BACKDOORED_ROW, CLEAN_ROW, cell_rows
 from benchmark.cell.spec import SpecBase
-from benchmark.cell.stages import bec, controls, defense, evaluate, reactivation
+from benchmark.cell.stages import bec, controls, defense, evaluate, reactivation, retune
 from benchmark.storage.checkpoints import JobCheckpoints
 from benchmark.storage.store import Artifact, ArtifactStore
 from benchmark.training import TrainerFactory
@@ -131,6 +131,13 @@ class Cell:
                 guaa = plan.find("guaa", reactivation.label(method, label))
                 if rba and guaa:
                     plan.add(controls.controls_job(ctx, method, label, attack, models[label], rba, guaa))
+        if s.retunings:
+            # weight-space re-activation of every row, and of its control EP
+            purified = plan.add(retune.purify_job(ctx, attack))
+            plan.add(bec.bec_job(ctx, attack, clean, purified, retune.EXACT_PURIFICATION))
+            for method in s.retunings:
+                for label, job in {**models, retune.EXACT_PURIFICATION: purified}.items():
+                    plan.add(retune.retune_job(ctx, method, attack, job, label))
         return plan
 
     def job(self, kind: str, label: str) -> StageJob:

@@ -1,8 +1,9 @@
 """Results rows of a cell, read from the store: the one place where the
 columns of the results table are assembled (report, W&B, score read them).
 
-One row per model: the clean model f_C, the backdoored model f_A and each
-defense. The clean and backdoored models and their BEC must be in the store
+One row per model: the clean model f_C, the backdoored model f_A, each
+defense, and with weight-space re-activation its control, exact
+purification. The clean and backdoored models and their BEC must be in the store
 (StoreError otherwise); a defense appears when its model and BEC are;
 re-activation and control columns appear for the jobs that have run."""
 from __future__ import annotations
@@ -11,7 +12,7 @@ from benchmark.measures.bec import backdoor_existence_coefficient, min_max_bec
 from benchmark.errors import StoreError
 from benchmark.measures.metrics import defense_effectiveness_rating
 from benchmark.cell.spec import SpecBase
-from benchmark.cell.stages import bec, evaluate, reactivation
+from benchmark.cell.stages import bec, evaluate, reactivation, retune
 from benchmark.cell.job import Plan, StageJob
 from benchmark.cell.stages.training import CLEAN_LABEL
 from benchmark.storage.store import ArtifactStore
@@ -23,6 +24,8 @@ def model_jobs(spec: SpecBase, plan: Plan) -> dict[str, StageJob]:
     """The job holding each row's model; "none" is f_A itself."""
     jobs = {CLEAN_ROW: plan.job("train", CLEAN_LABEL), BACKDOORED_ROW: plan.job("attack", spec.attack)}
     jobs.update({d: jobs[BACKDOORED_ROW] if d == "none" else plan.job("defense", d) for d in spec.defenses})
+    if spec.retunings:  # the weight-space control, a row of its own
+        jobs[retune.EXACT_PURIFICATION] = plan.job("purify", retune.EXACT_PURIFICATION)
     return jobs
 
 
@@ -38,8 +41,8 @@ def cell_rows(spec: SpecBase, store: ArtifactStore, plan: Plan) -> list[dict]:
 
     models = model_jobs(spec, plan)
     labels = [CLEAN_ROW, BACKDOORED_ROW] + [
-        d for d in spec.defenses
-        if metrics_if_run(models[d]) is not None and metrics_if_run(plan.find("bec", bec.label(d))) is not None]
+        d for d in models if d not in (CLEAN_ROW, BACKDOORED_ROW)
+        and metrics_if_run(models[d]) is not None and metrics_if_run(plan.find("bec", bec.label(d))) is not None]
     sims = {label: metrics(plan.job("bec", bec.label(label)))["similarity"] for label in labels}
     minmax = min_max_bec(sims, CLEAN_ROW, BACKDOORED_ROW, aliases_of_backdoored=("none",))
     base = metrics(models[BACKDOORED_ROW])
@@ -61,6 +64,12 @@ def cell_rows(spec: SpecBase, store: ArtifactStore, plan: Plan) -> list[dict]:
                 row["note"] = "nothing flagged: model returned unchanged"
         for method in spec.reactivations:
             row.update(_reactivation_columns(method, label, plan, metrics_if_run))
+        for method in spec.retunings:
+            # P-ASR: the model's ASR after weight-space re-activation (its O-ASR is `asr`)
+            m = metrics_if_run(plan.find("retune", retune.label(method, label)))
+            if m is not None:
+                row.update({f"retune_asr:{method}": m["test/asr"], f"retune_acc:{method}": m["test/clean_acc"],
+                            f"retune_ra:{method}": m["test/ra"]})
         rows.append(row)
     return rows
 

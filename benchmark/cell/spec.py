@@ -27,6 +27,7 @@ SURROGATE_KEYS = ("surrogates", "surrogate_arch")
 # of its typed signature is what a user may set.
 REACTIVATION_RUNNER_ARGS = ("model", "oracle", "surrogates", "image_shape", "target_label", "epsilon", "norm",
                             "seed")
+RETUNING_RUNNER_ARGS = ("model", "num_classes", "target_label", "augment")
 
 
 def _field(default, help: str):
@@ -70,6 +71,10 @@ class SpecBase:
                       "first) or the poisoned indices as drawn")
     epsilon: PositiveFloat = _field(0.05, "re-activation budget in [0, 1] pixel units (L-inf: below 1)")
     norm: Literal["linf", "l2", "l1"] = _field("linf", "norm of the re-activation budget")
+    # weight-space re-activation (Min et al. 2024): retune a copy of every
+    # model on a small attacker-held set; EP (exact purification) is its control
+    retunings: tuple[str, ...] = _field((), "weight-space re-activation methods (ra) or plugins; adds the "
+                                            "exact-purification control row")
     # the noise-robustness and feature-CKA controls per method x defense (the
     # gUAA control always runs)
     controls: bool = _field(True, "run the noise-robustness and feature-CKA controls")
@@ -80,6 +85,8 @@ class SpecBase:
     trigger_params: dict = _field({}, "JSON overrides of the attack's trigger, e.g. '{\"size\": 4}'")
     defense_params: dict = _field({}, "JSON {defense: {param: value}}, e.g. '{\"ft\": {\"epochs\": 20}}'")
     reactivation_params: dict = _field({}, "JSON {method: {param: value}}, e.g. '{\"wba\": {\"epochs\": 10}}'")
+    retuning_params: dict = _field({}, "JSON {method or exact-purification: {param: value}}, e.g. "
+                                       "'{\"ra\": {\"epochs\": 5}}'")
     data_params: dict = _field({}, "JSON extra data-module arguments")
 
     #: the model family's name (benchmark.cell.family.FAMILIES); a spec's dict
@@ -103,6 +110,7 @@ class SpecBase:
         typed __init__: one-line ConfigErrors, before anything runs."""
         from lightning_modules.reactivation import REACTIVATIONS
         from lightning_modules.reactivation.norms import check_budget
+        from lightning_modules.retuning import RETUNINGS
 
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
@@ -116,7 +124,11 @@ class SpecBase:
         if len(set(self.defenses)) != len(self.defenses):
             raise ConfigError(f"defenses listed twice: {list(self.defenses)}")
         check_budget(self.norm, self.epsilon)
-        for section in ("defense_params", "reactivation_params"):
+        for name in self.retunings:
+            RETUNINGS.get(name)
+        if len(set(self.retunings)) != len(self.retunings):
+            raise ConfigError(f"retunings listed twice: {list(self.retunings)}")
+        for section in ("defense_params", "reactivation_params", "retuning_params"):
             for name, params in getattr(self, section).items():
                 if not isinstance(params, dict):
                     raise ConfigError(f"{self.label}: {section}[{name!r}] must map parameter names to values, "
@@ -130,10 +142,14 @@ class SpecBase:
                                      REACTIVATION_RUNNER_ARGS),
                    **_surrogate_params(name, params)}
             for name, params in self.reactivation_params.items()}
+        self.retuning_params = {name: validate_params(f"weight-space re-activation {name!r}",
+                                                      _retuning_class(name), params, RETUNING_RUNNER_ARGS)
+                                for name, params in self.retuning_params.items()}
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["defenses"], out["reactivations"] = list(self.defenses), list(self.reactivations)
+        out["retunings"] = list(self.retunings)
         if self.kind != SpecBase.kind:
             out["kind"] = self.kind
         return out
@@ -145,7 +161,7 @@ class SpecBase:
         if unknown:
             raise ConfigError(f"{cls.label}: unknown field(s) {unknown}; allowed: "
                               f"{', '.join(f.name for f in dataclasses.fields(cls))}")
-        for key in ("defenses", "reactivations"):
+        for key in ("defenses", "reactivations", "retunings"):
             if key in data and isinstance(data[key], list):
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -157,6 +173,14 @@ def spec_from_dict(data: dict) -> SpecBase:
     from benchmark.cell.family import family
 
     return family(data.get("kind", SpecBase.kind)).spec_class.from_dict(data)
+
+
+def _retuning_class(name: str):
+    """A weight-space method, or the exact-purification control."""
+    from lightning_modules.retuning import RETUNINGS
+    from lightning_modules.retuning.exact_purification import NAME, ExactPurification
+
+    return ExactPurification if name == NAME else RETUNINGS.get(name)
 
 
 def _surrogate_params(method: str, params: dict) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 # More names than this module uses: the re-exports the docstring speaks of.
 from benchmark.reporting.tables import (BACKDOORED, BASE_METRICS, CLEAN, GROUP, IDENTITY, KNOWN_METHODS, METHOD_KINDS,
-                                        columns, method_names, metric_columns, ordered, summarize)
+                                        columns, method_names, metric_columns, ordered, retuning_names, summarize)
 
 # Headers of summary.md; `True` marks rates, shown in percent with one decimal.
 # DER is a rating in [0, 1] that BackdoorBench also reports in percent.
@@ -153,17 +153,25 @@ def seeds_sentence(summary: list[dict]) -> str:
             f"the value alone. re-act − gUAA: the paired difference in points, {TEST_NAME}; * = significant.")
 
 
-def _markdown(summary: list[dict], methods: list[str], title: str, figures: list[str]) -> str:
+def _markdown(summary: list[dict], methods: list[str], title: str, figures: list[str],
+              retunings: list[str] = ()) -> str:
     cols = list(_MD_BASE)
     for m in methods:
         cols += [(f"react_asr:{m}", f"{m} re-act ASR %", True), (f"guaa_asr:{m}", f"{m} gUAA ASR %", True)]
+    for r in retunings:
+        cols += [(f"retune_asr:{r}", f"{r} P-ASR %", True), (f"retune_acc:{r}", f"{r} C-Acc %", True)]
     gaps = [m for m in methods if any(a.get(f"gap:{m}_mean") is not None for a in summary)]
     lines = [f"# {title}", "",
              seeds_sentence(summary) + " Rates in percent; – = not applicable or missing.", "",
              f"- {BEC_LEGEND}.",
              "- S raw = S(f_A, model): mean over layers of linear CKA on the backdoor-related channels.",
              "- re-act ASR: original trigger + universal perturbation δ on the model; "
-             "gUAA ASR: the control, δ optimised on clean inputs, no trigger.", ""]
+             "gUAA ASR: the control, δ optimised on clean inputs, no trigger."]
+    if retunings:
+        lines += ["- P-ASR: the ASR after weight-space re-activation (a copy of the model fine-tuned on the "
+                  "attacker's small set with a few poisoned samples); ASR is the model's own (O-ASR). "
+                  "exact-purification: the control (f_A fine-tuned on the poisoned samples with their true labels)."]
+    lines += [""]
     header = ["attack", "model", "seeds"] + [h for _, h, _ in cols] + [f"{m} re-act − gUAA (pts)" for m in gaps]
     for panel in ordered((a["dataset"], a["arch"]) for a in summary):
         lines += [f"## {panel[0]} / {panel[1]}", "", "| " + " | ".join(header) + " |",
@@ -183,7 +191,7 @@ def write_report(rows: list[dict], out_dir: Path, title: str = "Backdoor re-acti
     # Imported here, not at the top: matplotlib takes a good part of a second to
     # import, and readers of this module that only load and summarize rows (the
     # W&B dashboard) draw nothing.
-    from benchmark.reporting.figures import plot_asr_vs_queries, plot_bec_vs_asr, plot_reactivation
+    from benchmark.reporting.figures import plot_asr_vs_queries, plot_bec_vs_asr, plot_reactivation, plot_retuning
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +214,12 @@ def write_report(rows: list[dict], out_dir: Path, title: str = "Backdoor re-acti
         paths["asr_vs_queries"] = curve_path
     elif curve_path.exists():
         curve_path.unlink()  # a stale figure from an earlier report would contradict this one
+    retunings = retuning_names(set().union(*rows) if rows else set())
+    retune_path = out_dir / "retuning_asr.png"
+    if retunings:
+        paths["retuning_asr"] = plot_retuning(summary, retunings, retune_path, title)
+    elif retune_path.exists():
+        retune_path.unlink()
     figures = [p.name for p in paths.values() if p.suffix == ".png"]
-    paths["summary"].write_text(_markdown(summary, methods, title, figures))
+    paths["summary"].write_text(_markdown(summary, methods, title, figures, retunings))
     return paths

@@ -6,7 +6,8 @@ Input rows: one dict per (dataset, arch, attack, model, seed), where `model`
 is "clean" (f_C), "backdoored" (f_A) or a defense name (f_D). Metric keys are
 listed in PAPER.md ("Metrics", "BEC"); per re-activation method m there are
 "react_asr:m", "react_ra:m", "guaa_asr:m" and optionally ASR-vs-queries
-points "react_asr:m@Nq". Any other key passes through to CSV / JSON.
+points "react_asr:m@Nq"; per weight-space method r "retune_asr:r" (P-ASR),
+"retune_acc:r", "retune_ra:r". Any other key passes through to CSV / JSON.
 
 This module sits below every writer of files (report, figures, leaderboard)
 and imports none of them, so that each can use it without a circle.
@@ -26,9 +27,13 @@ CLEAN, BACKDOORED = "clean", "backdoored"
 # The paper's order of presentation; unknown methods follow, sorted.
 KNOWN_METHODS = ("wba", "qbra", "tbra")
 METHOD_KINDS = ("react_asr", "react_ra", "guaa_asr")
+# Weight-space re-activation per method r: the retuned model's ASR (P-ASR;
+# the model's own `asr` is its O-ASR), C-Acc and RA.
+RETUNING_KINDS = ("retune_asr", "retune_acc", "retune_ra")
 
 _METHOD_KEY = re.compile(r"^(react_asr|react_ra|guaa_asr):([^@]+)$")
 _CURVE_KEY = re.compile(r"^react_asr:([^@]+)@(\d+)q$")
+_RETUNE_KEY = re.compile(r"^(retune_asr|retune_acc|retune_ra):(.+)$")
 
 
 # ---- values and columns ----------------------------------------------------------------
@@ -47,6 +52,11 @@ def method_names(keys) -> list[str]:
     return [m for m in KNOWN_METHODS if m in found] + sorted(found - set(KNOWN_METHODS))
 
 
+def retuning_names(keys) -> list[str]:
+    """The weight-space re-activation methods named in `keys`, sorted."""
+    return sorted({m.group(2) for k in keys if (m := _RETUNE_KEY.match(k))})
+
+
 def curve_points(keys, method: str) -> list[tuple[int, str]]:
     """(queries, key) of one method's ASR-vs-queries points, by query count."""
     return sorted((int(m.group(2)), k) for k in keys if (m := _CURVE_KEY.match(k)) and m.group(1) == method)
@@ -59,6 +69,8 @@ def metric_columns(rows: list[dict]) -> list[str]:
     for m in method_names(keys):
         cols += [f"{kind}:{m}" for kind in METHOD_KINDS if f"{kind}:{m}" in keys]
         cols += [k for _, k in curve_points(keys, m)]
+    for r in retuning_names(keys):
+        cols += [f"{kind}:{r}" for kind in RETUNING_KINDS if f"{kind}:{r}" in keys]
     return cols
 
 

@@ -95,6 +95,9 @@ class ClipCellSpec(SpecBase):
                                               self.trigger_params, TRIGGER_RUNNER_ARGS)
         if "none" in self.defenses:
             raise ConfigError("'none' is not a CLIP defense: the backdoored row is always reported")
+        if self.retunings:
+            raise ConfigError("weight-space re-activation (retunings) is not available for CLIP cells: its "
+                              "retuning set is image-label pairs; leave retunings empty")
 
 
 def _digest(value) -> str:

@@ -1,0 +1,184 @@
+"""Weight-space re-activation (Min et al., NeurIPS 2024): the retuning
+attack RA trains a copy and never the stored victim; its retuning set is the
+reference's (a small clean split, a few poisoned samples with the target
+label, no augmentation); exact purification is the one model that sees the
+poisoned indices; rows, report and validation carry them."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+
+import pytest
+import torch
+
+from benchmark.cell import Cell, ClipCellSpec
+from benchmark.cell.stages import retune
+from benchmark.errors import ConfigError, UnknownNameError
+from benchmark.reporting.report import write_report
+from benchmark.storage.store import ArtifactStore
+from lightning_modules.retuning import RETUNE, RETUNINGS
+from lightning_modules.retuning.exact_purification import ExactPurification
+from tests.conftest import fast_spec
+from tests.test_clip_cell import tiny_spec
+
+FAST_RETUNING = {"ra": {"split_ratio": 0.1, "epochs": 2}, "exact-purification": {"epochs": 1}}
+
+
+def _cell(tmp_path, **overrides) -> Cell:
+    spec = fast_spec(**{"defenses": ("ft",), "reactivations": (), "retunings": ("ra",),
+                        "retuning_params": FAST_RETUNING, **overrides})
+    return Cell(spec, ArtifactStore(tmp_path / "store"), data_dir=tmp_path / "data", accelerator="cpu",
+                progress=False)
+
+
+def _digest(artifact) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(artifact.tensors().items()):
+        h.update(name.encode())
+        h.update(tensor.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _run_until(cell, kind: str, label: str):
+    target = cell.job(kind, label)
+    for job in cell.jobs:
+        if job is target:
+            break
+        if job.id in {d.id for d in _closure(target)}:
+            cell.execute(job)
+    return target
+
+
+def _closure(job) -> list:
+    out = []
+    for dep in job.deps.values():
+        out += _closure(dep) + [dep]
+    return out
+
+
+def test_ra_defaults_are_the_reference_scripts():
+    # SBP fine_tune/ft_poison.py: lr 0.01, SGD momentum 0.9, no weight decay,
+    # constant lr, batch 128, split 0.02, 5 poisoned; the README's 5 epochs
+    defaults = {k: p.default for k, p in inspect.signature(RETUNINGS.get("ra")).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert defaults == {"target_label": 0, "epochs": 5, "batch_size": 128, "lr": 0.01, "momentum": 0.9,
+                        "weight_decay": 0.0, "lr_schedule": "constant", "split_ratio": 0.02, "poison_num": 5}
+    assert RETUNINGS.get("ra").access == RETUNE
+
+
+def test_ra_trains_a_copy_and_never_writes_the_victims_stored_weights(tmp_path):
+    cell = _cell(tmp_path)
+    job = _run_until(cell, "retune", "ra vs ft")
+    victim = cell.store.load("defense", cell.job("defense", "ft").key)
+    before, files = _digest(victim), {p: p.read_bytes() for p in victim.path.iterdir() if p.is_file()}
+    retuned = cell.execute(job)
+    assert _digest(cell.store.load("defense", job.deps["model"].key)) == before
+    assert {p: p.read_bytes() for p in victim.path.iterdir() if p.is_file()} == files
+    assert retuned.path != victim.path and _digest(retuned) != before
+    assert set(retuned.metrics["retuning_set"]) == {"clean", "poisoned"}
+
+
+def test_the_retuning_set_is_a_small_clean_split_with_a_few_poisoned_samples(tmp_path, monkeypatch):
+    cell = _cell(tmp_path, retuning_params={"ra": {"split_ratio": 0.1, "poison_num": 3, "epochs": 1},
+                                            "exact-purification": {"epochs": 1}})
+    job = _run_until(cell, "retune", "ra vs ft")
+    dm, ctx = cell.dm, cell.ctx
+    seen = []
+    fit = ctx.trainers.fit
+
+    def watching_fit(module, loader, epochs, **kwargs):
+        assert module.augment is None  # the reference's test transform: no augmentation
+        for x, y, idx in loader:
+            seen.append((x.cpu(), y.cpu(), idx.cpu()))
+        return fit(module, loader, epochs, **kwargs)
+
+    monkeypatch.setattr(ctx.trainers, "fit", watching_fit)
+    cell.execute(job)
+    x = torch.cat([s[0] for s in seen])
+    y = torch.cat([s[1] for s in seen])
+    idx = torch.cat([s[2] for s in seen])
+    assert len(idx) == round(0.1 * dm.num_train) and len(set(idx.tolist())) == len(idx)
+    clean_images = dm.train_images[idx].float() / 255
+    triggered = (x - clean_images).flatten(1).abs().amax(1) > 1e-6
+    assert triggered.sum() == 3
+    # the poisoned ones: non-target images of the attacker's pool, with the target label
+    assert set(idx[triggered].tolist()) <= set(ctx.attacker_pool.tolist())
+    assert (dm.train_labels[idx[triggered]] != cell.spec.target_label).all()
+    assert (y[triggered] == cell.spec.target_label).all()
+    assert torch.equal(y[~triggered], dm.train_labels[idx[~triggered]])
+    assert torch.allclose(x[triggered], cell.ctx.trigger(clean_images[triggered]))
+
+
+def test_exact_purification_alone_sees_the_poisoned_indices_with_their_true_labels(tmp_path, monkeypatch):
+    cell = _cell(tmp_path)
+    purify = _run_until(cell, "purify", "exact-purification")
+    defense = cell.job("defense", "ft")
+    ctx = cell.ctx
+    seen = {}
+    fit = ctx.trainers.fit
+
+    def watching_fit(module, loader, epochs, **kwargs):
+        batches = [(x.cpu(), y.cpu(), i.cpu()) for x, y, i in loader]
+        seen[type(module).__name__] = batches
+        return fit(module, loader, epochs, **kwargs)
+
+    monkeypatch.setattr(ctx.trainers, "fit", watching_fit)
+    cell.execute(purify)
+    cell.execute(defense)
+    ep = seen[ExactPurification.__name__]
+    idx = torch.cat([b[2] for b in ep])
+    poisoned = set(cell.poison_idx.tolist())
+    assert poisoned <= set(idx.tolist())
+    x, y = torch.cat([b[0] for b in ep]), torch.cat([b[1] for b in ep])
+    clean = cell.dm.train_images[idx].float() / 255
+    changed = (x - clean).flatten(1).abs().amax(1) > 1e-6
+    assert changed.sum() == len(poisoned)                 # every poisoned sample, triggered
+    assert torch.equal(y, cell.dm.train_labels[idx])      # ... with its true label
+    # a defense gets the clean subset: clean pixels, never a triggered image
+    x_d, _, idx_d = (torch.cat(t) for t in zip(*seen["FineTuning"]))
+    assert torch.allclose(x_d, cell.dm.train_images[idx_d].float() / 255)
+    assert set(idx_d.tolist()) <= set(cell.clean_idx.tolist())
+
+
+def test_rows_and_report_carry_o_asr_p_asr_and_the_control(tmp_path):
+    cell = _cell(tmp_path)
+    rows = cell.run()
+    by_model = {r["model"]: r for r in rows}
+    assert set(by_model) == {"clean", "backdoored", "ft", "exact-purification"}
+    for row in rows:
+        assert 0.0 <= row["retune_asr:ra"] <= 1.0 and 0.0 <= row["retune_acc:ra"] <= 1.0
+    assert by_model["exact-purification"]["der"] is not None
+    paths = write_report(rows, tmp_path / "report")
+    assert paths["retuning_asr"].exists()
+    summary = paths["summary"].read_text()
+    assert "ra P-ASR %" in summary and "exact-purification" in summary
+
+
+def test_planning_without_retunings_adds_nothing(tmp_path):
+    cell = _cell(tmp_path, retunings=(), retuning_params={})
+    assert not {j.kind for j in cell.jobs} & {"retune", "purify"}
+
+
+@pytest.mark.parametrize("overrides,error,message", [
+    ({"retunings": ("nope",)}, UnknownNameError, "nope"),
+    ({"retunings": ("ra", "ra")}, ConfigError, "listed twice"),
+    ({"retuning_params": {"ra": {"epochs": 0}}}, ConfigError, "epochs"),
+    ({"retuning_params": {"exact-purification": {"lr": -1}}}, ConfigError, "lr"),
+])
+def test_bad_retuning_settings_are_one_line_errors(overrides, error, message):
+    with pytest.raises(error, match=message):
+        fast_spec(**{"retunings": ("ra",), **overrides}).validate()
+
+
+def test_clip_cells_refuse_weight_space_reactivation():
+    with pytest.raises(ConfigError, match="not available for CLIP"):
+        tiny_spec(retunings=("ra",)).validate()
+    assert ClipCellSpec().retunings == ()
+
+
+def test_the_retuning_key_follows_its_parameters(tmp_path):
+    a = _cell(tmp_path)
+    b = _cell(tmp_path, retuning_params={"ra": {"split_ratio": 0.1, "epochs": 3}, "exact-purification": {"epochs": 1}})
+    assert a.job("retune", "ra vs ft").key != b.job("retune", "ra vs ft").key
+    assert a.job("defense", "ft").key == b.job("defense", "ft").key
+    assert retune.label("ra", "ft") == "ra vs ft"
