@@ -169,7 +169,7 @@ def test_write_leaderboard(tmp_path):
     ranking = [line for line in md.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")
                or line.startswith("| 3 ")]
     assert [line.split(" | ")[1] for line in ranking] == [f"**{CANDIDATE}**", "nad", "ft"]
-    assert "| 1 | **plug.py:Mine** | 35.0 | A/qbra | 33.0 | no test (1 seed) | +1.0 |" in md
+    assert "| 1 | **plug.py:Mine** | 35.0 | A/qbra | 33.0 | no test (1 seed) | 35.0 | – | +1.0 |" in md
     assert "One seed: the values are single measurements, with no interval" in md
     assert REFERENCE_NAME in md and "Headline" in md and "leaderboard.png" in md
 

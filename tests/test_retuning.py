@@ -182,3 +182,29 @@ def test_the_retuning_key_follows_its_parameters(tmp_path):
     assert a.job("retune", "ra vs ft").key != b.job("retune", "ra vs ft").key
     assert a.job("defense", "ft").key == b.job("defense", "ft").key
     assert retune.label("ra", "ft") == "ra vs ft"
+
+
+def test_the_leaderboard_headline_is_the_worst_case_over_input_and_weight_space():
+    from benchmark.reporting.ranking import leaderboard, reference
+
+    def row(model, asr, react, retuned, guaa=0.1):
+        return {"dataset": "d", "arch": "a", "attack": "badnets", "model": model, "seed": 0, "clean_acc": 0.9,
+                "asr": asr, "bec": 0.5, "react_asr:wba": react, "guaa_asr:wba": guaa, "retune_asr:ra": retuned}
+
+    rows = [row("clean", 0.01, 0.05, 0.02), row("backdoored", 1.0, 1.0, 1.0),
+            row("sleeper", 0.02, 0.20, 0.90),   # input space looks fine, weight space wakes it
+            row("remover", 0.02, 0.30, 0.05),   # the reverse
+            row("exact-purification", 0.01, None, 0.04)]
+    board = leaderboard(rows, "sleeper", ["wba"])
+    by_name = {e["defense"]: e for e in board}
+    assert set(by_name) == {"sleeper", "remover"}          # references and the EP control are not ranked
+    assert by_name["sleeper"]["worst_reactivation_asr"] == 0.90
+    assert by_name["sleeper"]["worst_case"] == "badnets/ra (weight)" and by_name["sleeper"]["worst_guaa_asr"] is None
+    assert (by_name["sleeper"]["worst_input_asr"], by_name["sleeper"]["worst_weight_asr"]) == (0.20, 0.90)
+    assert by_name["remover"]["worst_reactivation_asr"] == 0.30 and by_name["remover"]["worst_case"] == "badnets/wba"
+    assert [e["defense"] for e in board] == ["remover", "sleeper"]
+    assert by_name["remover"]["coverage"] == "2/2"
+    # without weight-space columns the headline is the input-space worst case, as before
+    plain = leaderboard([{k: v for k, v in r.items() if not k.startswith("retune")} for r in rows], "x", ["wba"])
+    assert {e["defense"]: e["worst_reactivation_asr"] for e in plain} == {"sleeper": 0.20, "remover": 0.30}
+    assert reference(rows, ["wba"])["worst_weight_asr"] == 1.0

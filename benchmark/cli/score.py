@@ -75,7 +75,8 @@ def collect_rows(grid_cells, candidate_cells, candidate: str) -> list[dict]:
 def board_table(board: list[dict], candidate: str, title: str) -> Table:
     table = Table(title=title)
     columns = [("defense", "defense"), ("worst_reactivation_asr", "worst re-activated ASR"),
-               ("worst_case", "at"), ("worst_guaa_asr", "its gUAA ASR"), ("clean_acc_cost", "C-Acc cost"),
+               ("worst_case", "at"), ("worst_guaa_asr", "its gUAA ASR"), ("worst_input_asr", "input space"),
+               ("worst_weight_asr", "weight space"), ("clean_acc_cost", "C-Acc cost"),
                ("mean_asr", "mean ASR"), ("mean_bec", "mean BEC"), ("coverage", "coverage")]
     table.add_column("#", justify="right")
     for _, header in columns:
@@ -88,6 +89,7 @@ def board_table(board: list[dict], candidate: str, title: str) -> Table:
 
 def run_score(args) -> int:
     from benchmark.reporting.leaderboard import grid_attacks, leaderboard, reference, write_leaderboard
+    from benchmark.reporting.tables import retuning_names
     from benchmark.storage.store import ArtifactStore
     from benchmark.reporting.wandb_logging import log_leaderboard
     from sweeps.executor import LocalExecutor, gpu_slots
@@ -128,10 +130,11 @@ def run_score(args) -> int:
         return 130
     split = len(grid_specs)
     rows = collect_rows(graph.cells[:split], graph.cells[split:], args.defense)
-    board = leaderboard(rows, args.defense, methods)
+    retunings = retuning_names(set().union(*rows) if rows else set())
+    board = leaderboard(rows, args.defense, methods, retunings)
     title = f"{args.defense} on grid {grid.name}"
     paths = write_leaderboard(board, out_dir, title, args.defense, methods, grid_attacks(rows),
-                              reference=reference(rows, methods))
+                              reference=reference(rows, methods, retunings), retunings=retunings)
     log_leaderboard(project=grid.wandb_project, save_dir=out_dir, name=f"{grid.name}:{slug(args.defense)}",
                     board=board, figure_path=paths["figure"], grid=grid.name)
     table_console().print(board_table(board, args.defense, title))

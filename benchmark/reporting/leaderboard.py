@@ -19,8 +19,10 @@ from benchmark.reporting.ranking import (ALIAS, INTERVAL_FIELDS, PER_ATTACK, PER
 from benchmark.reporting.report import _write_csv
 
 HEADLINE = ("Headline = worst re-activation ASR: the highest ASR that any re-activation method in the grid "
-            "reaches against the defended model, over all attacks of the grid (original trigger + universal "
-            "perturbation δ, mean over seeds). Lower is better: a defense that only put the backdoor to sleep "
+            "reaches against the defended model, over all attacks of the grid (mean over seeds): in input space, "
+            "the original trigger + a universal perturbation δ; in weight space, the original trigger after a "
+            "copy of the model was fine-tuned on a small attacker-held set with a few poisoned samples (P-ASR; "
+            "its controls, the clean model and exact purification, are rows of the per-attack table). Lower is better: a defense that only put the backdoor to sleep "
             "scores high even when the trigger alone no longer works. The gUAA ASR at that same attack/method "
             "is the control (the same optimisation on clean inputs, no trigger): the part of the headline "
             "above it is the backdoor, the part below is a generic adversarial perturbation. Ties are broken "
@@ -70,15 +72,16 @@ def _ranking_row(entry: dict, candidate: str) -> list[str]:
                           entry.get("worst_reactivation_asr_high")),
             entry["worst_case"] or "–",
             _pct_interval(entry["worst_guaa_asr"], entry.get("worst_guaa_asr_low"), entry.get("worst_guaa_asr_high")),
-            _test(entry), _cost(entry["clean_acc_cost"]), _pct(entry["mean_asr"]), _num3(entry["mean_bec"]),
-            entry["coverage"]]
+            _test(entry), _pct(entry.get("worst_input_asr")), _pct(entry.get("worst_weight_asr")),
+            _cost(entry["clean_acc_cost"]), _pct(entry["mean_asr"]), _num3(entry["mean_bec"]), entry["coverage"]]
 
 
 def _markdown(board: list[dict], title: str, candidate: str, methods: list[str], attacks: list[str],
-              reference_entry: dict | None, figure: str) -> str:
+              reference_entry: dict | None, figure: str, retunings: list[str] = ()) -> str:
     header = ["rank", "defense", "headline: worst re-activation ASR %", "worst case (attack/method)",
-              "gUAA ASR there %", "re-act > gUAA?", "clean-acc cost (pp)", "mean ASR %", "mean BEC", "coverage"]
-    align = "|" + "|".join(["---:", "---", "---:", "---", "---:", "---"] + ["---:"] * 4) + "|"
+              "gUAA ASR there %", "re-act > gUAA?", "input-space worst %", "weight-space worst %",
+              "clean-acc cost (pp)", "mean ASR %", "mean BEC", "coverage"]
+    align = "|" + "|".join(["---:", "---", "---:", "---", "---:", "---"] + ["---:"] * 6) + "|"
     lines = [f"# {title}", ""]
     if any(e.get("candidate") or e["defense"] == candidate for e in board):
         lines += [f"Candidate: **{candidate}** (in bold). Lower headline is better.", ""]
@@ -101,6 +104,7 @@ def _markdown(board: list[dict], title: str, candidate: str, methods: list[str],
     cols = ["defense", "attack", "seeds", "C-Acc %", "ASR %", "BEC"]
     for m in methods:
         cols += [f"{m} re-act ASR %", f"{m} gUAA ASR %"]
+    cols += [f"{r} P-ASR %" for r in retunings]
     lines += ["## Per attack", "", "Mean over seeds.", "", "| " + " | ".join(cols) + " |",
               "|" + "|".join(["---", "---"] + ["---:"] * (len(cols) - 2)) + "|"]
     entries = board + ([reference_entry] if reference_entry is not None else [])
@@ -110,6 +114,7 @@ def _markdown(board: list[dict], title: str, candidate: str, methods: list[str],
                      _pct(e.get(f"asr:{a}")), _num3(e.get(f"bec:{a}"))]
             for m in methods:
                 cells += [_pct(e.get(f"react_asr:{m}:{a}")), _pct(e.get(f"guaa_asr:{m}:{a}"))]
+            cells += [_pct(e.get(f"retune_asr:{r}:{a}")) for r in retunings]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Headline", "", HEADLINE, "", f"![leaderboard]({figure})", ""]
     return "\n".join(lines)
@@ -176,7 +181,8 @@ def plot_leaderboard(board: list[dict], path: Path, title: str, reference_entry:
 
 # ---- entry point --------------------------------------------------------------------------
 def write_leaderboard(board: list[dict], out_dir: Path, title: str, candidate: str, methods: list[str],
-                      attacks: list[str], reference: dict | None = None) -> dict[str, Path]:
+                      attacks: list[str], reference: dict | None = None,
+                      retunings: list[str] = ()) -> dict[str, Path]:
     """Write leaderboard.md, leaderboard.csv (every field, one row per
     defense, columns in leaderboard_columns order) and leaderboard.png into
     out_dir. `reference` (from reference()) is shown beneath the ranking and
@@ -186,11 +192,11 @@ def write_leaderboard(board: list[dict], out_dir: Path, title: str, candidate: s
     methods, attacks = list(methods), list(attacks)
     paths = {"markdown": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv",
              "figure": out_dir / "leaderboard.png"}
-    cols = leaderboard_columns(methods, attacks)
+    cols = leaderboard_columns(methods, attacks, retunings)
     extra = sorted(set().union(*board) - set(cols)) if board else []  # never drop a field silently
     _write_csv(board, cols + extra, paths["csv"])
     plot_leaderboard(board, paths["figure"], title, reference)
     paths["markdown"].write_text(_markdown(board, title, candidate, methods, attacks, reference,
-                                           paths["figure"].name))
+                                           paths["figure"].name, retunings))
     return paths
 
