@@ -35,9 +35,9 @@ def stage_model(kind: str, label: str) -> str | None:
         return "clean"
     if kind == "attack":
         return "backdoored"
-    if kind == "defense":
+    if kind in ("defense", "purify"):
         return label
-    if kind in ("reactivation", "guaa", "controls") and " vs " in label:
+    if kind in ("reactivation", "guaa", "controls", "retune") and " vs " in label:
         return label.split(" vs ", 1)[1]
     if kind == "bec" and label.startswith("S(f_A, ") and label.endswith(")"):
         return label[len("S(f_A, "):-1]

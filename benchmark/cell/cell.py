@@ -131,6 +131,16 @@ class Cell:
                 guaa = plan.find("guaa", reactivation.label(method, label))
                 if rba and guaa:
                     plan.add(controls.controls_job(ctx, method, label, attack, models[label], rba, guaa))
+        # the ε curve: every method and its gUAA control at further budgets
+        curve_models = s.epsilon_curve_defenses if s.epsilon_curve_defenses is not None else s.defenses
+        for eps in s.epsilon_curve:
+            for method in s.reactivations:
+                for label in (CLEAN_ROW, BACKDOORED_ROW, *curve_models):
+                    for use_trigger in (True, False) if label not in (CLEAN_ROW, BACKDOORED_ROW) else (True,):
+                        react = reactivation.reactivation_job(ctx, method, attack, models[label], label, use_trigger,
+                                                              surrogate_jobs, epsilon=eps)
+                        if react is not None:
+                            plan.add(react)
         if s.retunings:
             # weight-space re-activation of every row, and of its control EP
             purified = plan.add(retune.purify_job(ctx, attack))

@@ -64,6 +64,8 @@ def cell_rows(spec: SpecBase, store: ArtifactStore, plan: Plan) -> list[dict]:
                 row["note"] = "nothing flagged: model returned unchanged"
         for method in spec.reactivations:
             row.update(_reactivation_columns(method, label, plan, metrics_if_run))
+            if spec.epsilon_curve:
+                row.update(_epsilon_curve(spec, method, label, plan, metrics_if_run, row))
         for method in spec.retunings:
             # P-ASR: the model's ASR after weight-space re-activation (its O-ASR is `asr`)
             m = metrics_if_run(plan.find("retune", retune.label(method, label)))
@@ -94,6 +96,36 @@ def _reactivation_columns(method: str, label: str, plan: Plan, metrics_if_run) -
         for pair, value in m["feature_cka"].items():
             row[f"feature_cka:{method}:{pair}"] = value
     return row
+
+
+def _epsilon_curve(spec: SpecBase, method: str, label: str, plan: Plan, metrics_if_run, row: dict) -> dict:
+    """The method's ASR and its gUAA control at each budget of the curve,
+    the cell's own included (`react_asr:m@eps=e`, `guaa_asr:m@eps=e`: the
+    whole curve in one set of columns), and `eps_star:m`: the smallest
+    budget of the curve (the cell's own included) at which re-activation ASR
+    exceeds gUAA by `epsilon_margin`; None where it never does or a point
+    is missing (a defense the curve did not run on has no columns)."""
+    out = {}
+    points = {spec.epsilon: (row.get(f"react_asr:{method}"), row.get(f"guaa_asr:{method}"))}
+    for eps in spec.epsilon_curve:
+        react, guaa = (metrics_if_run(plan.find(reactivation.kind(t), reactivation.label(method, label, eps)))
+                       for t in (True, False))
+        if react is not None:
+            out[f"react_asr:{method}@eps={eps:g}"] = react["test/asr"]
+        if guaa is not None:
+            out[f"guaa_asr:{method}@eps={eps:g}"] = guaa["test/asr"]
+        points[eps] = (react and react["test/asr"], guaa and guaa["test/asr"])
+    if not out:
+        return out
+    own_react, own_guaa = points[spec.epsilon]
+    if own_react is not None:
+        out[f"react_asr:{method}@eps={spec.epsilon:g}"] = own_react
+    if own_guaa is not None:
+        out[f"guaa_asr:{method}@eps={spec.epsilon:g}"] = own_guaa
+    out[f"eps_star:{method}"] = next(
+        (eps for eps, (react, guaa) in sorted(points.items())
+         if react is not None and guaa is not None and react - guaa >= spec.epsilon_margin), None)
+    return out
 
 
 def stored_rows(cells) -> tuple[list[dict], list[str]]:

@@ -71,6 +71,14 @@ class SpecBase:
                       "first) or the poisoned indices as drawn")
     epsilon: PositiveFloat = _field(0.05, "re-activation budget in [0, 1] pixel units (L-inf: below 1)")
     norm: Literal["linf", "l2", "l1"] = _field("linf", "norm of the re-activation budget")
+    # one budget hides how close a defense is to failing: the same methods at
+    # a ladder of budgets, with the smallest ε where re-activation beats gUAA
+    epsilon_curve: tuple[PositiveFloat, ...] = _field((), "further re-activation budgets (same norm) at which "
+                                                          "every method and its gUAA control also run")
+    epsilon_curve_defenses: tuple[str, ...] | None = _field(None, "the defenses the ε curve runs on "
+                                                                  "(default: all of the cell's)")
+    epsilon_margin: Fraction = _field(0.1, "the ε curve's threshold: the smallest budget at which "
+                                           "re-activation ASR exceeds its gUAA control by this much")
     # weight-space re-activation (Min et al. 2024): retune a copy of every
     # model on a small attacker-held set; EP (exact purification) is its control
     retunings: tuple[str, ...] = _field((), "weight-space re-activation methods (ra) or plugins; adds the "
@@ -124,6 +132,15 @@ class SpecBase:
         if len(set(self.defenses)) != len(self.defenses):
             raise ConfigError(f"defenses listed twice: {list(self.defenses)}")
         check_budget(self.norm, self.epsilon)
+        for eps in self.epsilon_curve:
+            check_budget(self.norm, eps)
+        if len(set(self.epsilon_curve) | {self.epsilon}) != len(self.epsilon_curve) + 1:
+            raise ConfigError(f"epsilon_curve {list(self.epsilon_curve)} repeats a budget (the cell's epsilon "
+                              f"{self.epsilon} is always a point of the curve)")
+        for name in self.epsilon_curve_defenses or ():
+            if name not in self.defenses:
+                raise ConfigError(f"epsilon_curve_defenses: {name!r} is not one of the cell's defenses "
+                                  f"({', '.join(self.defenses) or 'none'})")
         for name in self.retunings:
             RETUNINGS.get(name)
         if len(set(self.retunings)) != len(self.retunings):
@@ -149,7 +166,9 @@ class SpecBase:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["defenses"], out["reactivations"] = list(self.defenses), list(self.reactivations)
-        out["retunings"] = list(self.retunings)
+        out["retunings"], out["epsilon_curve"] = list(self.retunings), list(self.epsilon_curve)
+        if self.epsilon_curve_defenses is not None:
+            out["epsilon_curve_defenses"] = list(self.epsilon_curve_defenses)
         if self.kind != SpecBase.kind:
             out["kind"] = self.kind
         return out
@@ -161,7 +180,7 @@ class SpecBase:
         if unknown:
             raise ConfigError(f"{cls.label}: unknown field(s) {unknown}; allowed: "
                               f"{', '.join(f.name for f in dataclasses.fields(cls))}")
-        for key in ("defenses", "reactivations", "retunings"):
+        for key in ("defenses", "reactivations", "retunings", "epsilon_curve", "epsilon_curve_defenses"):
             if key in data and isinstance(data[key], list):
                 data[key] = tuple(data[key])
         return cls(**data)

@@ -167,41 +167,6 @@ def plot_reactivation(summary: list[dict], methods: list[str], path: Path, title
     return _save(fig, path)
 
 
-def plot_retuning(summary: list[dict], retunings: list[str], path: Path, title: str) -> Path:
-    """Weight-space re-activation (Min et al.'s Figure 1): the ASR after
-    retuning, P-ASR (y), against the model's own, O-ASR (x), one panel per
-    method; a point far above the diagonal and above the clean model's and
-    exact purification's is a backdoor put to sleep."""
-    markers, colours = _styles(summary)
-    fig = Figure(figsize=(5.0 * len(retunings), 4.4), layout="constrained")
-    axes = fig.subplots(1, len(retunings), squeeze=False).ravel()
-    present = set()
-    for ax, method in zip(axes, retunings):
-        for agg in summary:
-            x, y = agg.get("asr_mean"), agg.get(f"retune_asr:{method}_mean")
-            if x is None or y is None:
-                continue
-            model, ref = agg["model"], agg["model"] in (CLEAN, BACKDOORED)
-            present.add(model)
-            xerr, yerr = _error(agg, "asr", x, 100.0), _error(agg, f"retune_asr:{method}", y, 100.0)
-            if xerr is not None or yerr is not None:
-                ax.errorbar([100 * x], [100 * y], xerr=xerr, yerr=yerr, fmt="none", ecolor=colours[model],
-                            elinewidth=0.9, capsize=2, alpha=0.8, zorder=2)
-            ax.scatter([100 * x], [100 * y], marker=markers[agg["attack"]], s=70 if ref else 55, zorder=3,
-                       facecolors="none" if ref else [colours[model]], edgecolors=[colours[model]],
-                       linewidths=2 if ref else 0.6)
-        ax.plot([0, 100], [0, 100], color="0.7", linestyle="--", linewidth=0.8, zorder=1)
-        ax.set_xlim(-3, 103)
-        ax.set_ylim(-3, 103)
-        ax.set_xlabel("O-ASR: the model's own ASR (%)")
-        ax.set_ylabel(f"P-ASR: ASR after {method} (%)")
-        ax.set_title(f"weight-space re-activation: {method}")
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: ASR before and after retuning ({_intervals_note(summary)})")
-    _legends(fig, markers, colours, present)
-    return _save(fig, path)
-
-
 def plot_asr_vs_queries(summary: list[dict], rows: list[dict], path: Path, title: str) -> Path | None:
     """ASR after re-activation against the number of queries, per query method;
     None (nothing written) when no row has curve points."""

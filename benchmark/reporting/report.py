@@ -158,6 +158,9 @@ def _markdown(summary: list[dict], methods: list[str], title: str, figures: list
     cols = list(_MD_BASE)
     for m in methods:
         cols += [(f"react_asr:{m}", f"{m} re-act ASR %", True), (f"guaa_asr:{m}", f"{m} gUAA ASR %", True)]
+    for m in methods:
+        if any(a.get(f"eps_star:{m}_mean") is not None or f"eps_star:{m}_n" in a for a in summary):
+            cols += [(f"eps_star:{m}", f"{m} ε*", False)]
     for r in retunings:
         cols += [(f"retune_asr:{r}", f"{r} P-ASR %", True), (f"retune_acc:{r}", f"{r} C-Acc %", True)]
     gaps = [m for m in methods if any(a.get(f"gap:{m}_mean") is not None for a in summary)]
@@ -167,6 +170,9 @@ def _markdown(summary: list[dict], methods: list[str], title: str, figures: list
              "- S raw = S(f_A, model): mean over layers of linear CKA on the backdoor-related channels.",
              "- re-act ASR: original trigger + universal perturbation δ on the model; "
              "gUAA ASR: the control, δ optimised on clean inputs, no trigger."]
+    if any(any(f"eps_star:{m}_n" in a for a in summary) for m in methods):
+        lines += ["- ε*: the smallest budget of the cell's ε curve at which re-activation ASR exceeds its gUAA "
+                  "control by the cell's epsilon_margin (– where it never does); asr_vs_epsilon.png has the curves."]
     if retunings:
         lines += ["- P-ASR: the ASR after weight-space re-activation (a copy of the model fine-tuned on the "
                   "attacker's small set with a few poisoned samples); ASR is the model's own (O-ASR). "
@@ -191,7 +197,8 @@ def write_report(rows: list[dict], out_dir: Path, title: str = "Backdoor re-acti
     # Imported here, not at the top: matplotlib takes a good part of a second to
     # import, and readers of this module that only load and summarize rows (the
     # W&B dashboard) draw nothing.
-    from benchmark.reporting.figures import plot_asr_vs_queries, plot_bec_vs_asr, plot_reactivation, plot_retuning
+    from benchmark.reporting.figures import plot_asr_vs_queries, plot_bec_vs_asr, plot_reactivation
+    from benchmark.reporting.robustness_figures import plot_epsilon_curves, plot_retuning
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -220,6 +227,11 @@ def write_report(rows: list[dict], out_dir: Path, title: str = "Backdoor re-acti
         paths["retuning_asr"] = plot_retuning(summary, retunings, retune_path, title)
     elif retune_path.exists():
         retune_path.unlink()
+    eps_path = out_dir / "asr_vs_epsilon.png"
+    if plot_epsilon_curves(summary, methods, eps_path, title) is not None:
+        paths["asr_vs_epsilon"] = eps_path
+    elif eps_path.exists():
+        eps_path.unlink()
     figures = [p.name for p in paths.values() if p.suffix == ".png"]
     paths["summary"].write_text(_markdown(summary, methods, title, figures, retunings))
     return paths

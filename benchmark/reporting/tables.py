@@ -6,7 +6,8 @@ Input rows: one dict per (dataset, arch, attack, model, seed), where `model`
 is "clean" (f_C), "backdoored" (f_A) or a defense name (f_D). Metric keys are
 listed in PAPER.md ("Metrics", "BEC"); per re-activation method m there are
 "react_asr:m", "react_ra:m", "guaa_asr:m" and optionally ASR-vs-queries
-points "react_asr:m@Nq"; per weight-space method r "retune_asr:r" (P-ASR),
+points "react_asr:m@Nq", ε-curve points "react_asr:m@eps=e" / "guaa_asr:m@eps=e"
+and "eps_star:m"; per weight-space method r "retune_asr:r" (P-ASR),
 "retune_acc:r", "retune_ra:r". Any other key passes through to CSV / JSON.
 
 This module sits below every writer of files (report, figures, leaderboard)
@@ -34,6 +35,7 @@ RETUNING_KINDS = ("retune_asr", "retune_acc", "retune_ra")
 _METHOD_KEY = re.compile(r"^(react_asr|react_ra|guaa_asr):([^@]+)$")
 _CURVE_KEY = re.compile(r"^react_asr:([^@]+)@(\d+)q$")
 _RETUNE_KEY = re.compile(r"^(retune_asr|retune_acc|retune_ra):(.+)$")
+_EPS_KEY = re.compile(r"^(react_asr|guaa_asr):([^@]+)@eps=([0-9.eE+-]+)$")
 
 
 # ---- values and columns ----------------------------------------------------------------
@@ -50,6 +52,15 @@ def method_names(keys) -> list[str]:
     found = {m.group(2) for k in keys if (m := _METHOD_KEY.match(k))}
     found |= {m.group(1) for k in keys if (m := _CURVE_KEY.match(k))}
     return [m for m in KNOWN_METHODS if m in found] + sorted(found - set(KNOWN_METHODS))
+
+
+def epsilon_points(keys, method: str) -> list[float]:
+    """The budgets of one method's ε curve, ascending."""
+    return sorted({float(m.group(3)) for k in keys if (m := _EPS_KEY.match(k)) and m.group(2) == method})
+
+
+def epsilon_key(kind: str, method: str, eps: float) -> str:
+    return f"{kind}:{method}@eps={eps:g}"
 
 
 def retuning_names(keys) -> list[str]:
@@ -69,6 +80,9 @@ def metric_columns(rows: list[dict]) -> list[str]:
     for m in method_names(keys):
         cols += [f"{kind}:{m}" for kind in METHOD_KINDS if f"{kind}:{m}" in keys]
         cols += [k for _, k in curve_points(keys, m)]
+        eps = epsilon_points(keys, m)
+        cols += [k for e in eps for kind in ("react_asr", "guaa_asr") if (k := epsilon_key(kind, m, e)) in keys]
+        cols += [f"eps_star:{m}"] if f"eps_star:{m}" in keys else []
     for r in retuning_names(keys):
         cols += [f"{kind}:{r}" for kind in RETUNING_KINDS if f"{kind}:{r}" in keys]
     return cols

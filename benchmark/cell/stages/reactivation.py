@@ -31,14 +31,17 @@ def kind(use_trigger: bool) -> str:
     return "reactivation" if use_trigger else "guaa"
 
 
-def label(method: str, model_label: str) -> str:
-    return f"{method} vs {model_label}"
+def label(method: str, model_label: str, epsilon: float | None = None) -> str:
+    """A job's label; `epsilon`: a point of the cell's ε curve (the cell's
+    own budget has the plain label)."""
+    return f"{method} vs {model_label}" if epsilon is None else f"{method}@eps={epsilon:g} vs {model_label}"
 
 
-def reactivation_module(ctx: CellContext, method: str, target, params: dict):
+def reactivation_module(ctx: CellContext, method: str, target, params: dict, epsilon: float | None = None):
     s = ctx.spec
     try:
-        return REACTIVATIONS.get(method)(target, ctx.dm.image_shape, s.target_label, epsilon=s.epsilon,
+        return REACTIVATIONS.get(method)(target, ctx.dm.image_shape, s.target_label,
+                                         epsilon=s.epsilon if epsilon is None else epsilon,
                                          norm=s.norm, seed=s.seed, **params)
     except TypeError as exc:
         raise ConfigError(f"bad parameter for re-activation {method!r}: {exc}") from None
@@ -63,10 +66,12 @@ def attack_target(cls, victim, params: dict, surrogates: list | None):
 
 
 def reactivation_job(ctx: CellContext, method: str, attack: StageJob, victim: StageJob, model_label: str,
-                     use_trigger: bool, surrogate_jobs: Callable[..., list[StageJob]]) -> StageJob | None:
+                     use_trigger: bool, surrogate_jobs: Callable[..., list[StageJob]],
+                     epsilon: float | None = None) -> StageJob | None:
     """None for a transfer method with nothing to transfer from (e.g. a cell
     with one defense). `surrogate_jobs(method, model_label, runner_params)`
-    plans the attacker's defended copies."""
+    plans the attacker's defended copies. `epsilon`: another budget than the
+    cell's (a point of its ε curve)."""
     cls = REACTIVATIONS.get(method)
     params = dict(ctx.spec.reactivation_params.get(method, {}))
     runner_params = {k: params.pop(k) for k in SURROGATE_KEYS if k in params}
@@ -79,14 +84,15 @@ def reactivation_job(ctx: CellContext, method: str, attack: StageJob, victim: St
             return None
         deps.update({f"surrogate:{j.label}": j for j in surrogates})
     model_spec = victim.config["model"]
-    method_config = ctx.planned(("reactivation", method, model_spec), lambda: reactivation_module(
-        ctx, method, attack_target(cls, ctx.plan_model(model_spec), params, surrogates=None), params).config())
+    method_config = ctx.planned(("reactivation", method, model_spec, epsilon), lambda: reactivation_module(
+        ctx, method, attack_target(cls, ctx.plan_model(model_spec), params, surrogates=None), params,
+        epsilon).config())
     config = {"method": method, "params": method_config, "inputs": "trigger" if use_trigger else "clean",
               "attacker_samples": ctx.spec.attacker_samples,
               **({"surrogates": runner_params} if runner_params else {}),
               "code": code_fingerprint(cls, REACTIVATIONS.origin(method), oracle_module, training_module)}
-    return StageJob(kind(use_trigger), label(method, model_label), config, deps,
-                    lambda inputs: run_reactivation(ctx, method, params, use_trigger, inputs))
+    return StageJob(kind(use_trigger), label(method, model_label, epsilon), config, deps,
+                    lambda inputs: run_reactivation(ctx, method, params, use_trigger, inputs, epsilon))
 
 
 def surrogate_names(ctx: CellContext, method: str, model_label: str, params: dict,
@@ -110,14 +116,15 @@ def surrogate_names(ctx: CellContext, method: str, model_label: str, params: dic
     return arch, list(names)
 
 
-def run_reactivation(ctx: CellContext, method: str, params: dict, use_trigger: bool, inputs) -> tuple[dict, dict]:
+def run_reactivation(ctx: CellContext, method: str, params: dict, use_trigger: bool, inputs,
+                     epsilon: float | None = None) -> tuple[dict, dict]:
     s, dm = ctx.spec, ctx.dm
     ctx.seed_everything()
     victim = ctx.load_model(inputs["model"])
     cls = REACTIVATIONS.get(method)
     surrogates = [ctx.load_model(art) for role, art in sorted(inputs.items()) if role.startswith("surrogate:")]
     target = attack_target(cls, victim, params, surrogates)
-    module = reactivation_module(ctx, method, target, params)
+    module = reactivation_module(ctx, method, target, params, epsilon)
     h = module.hparams
     idx = dm.attacker_indices(ctx.attacker_pool, h.num_samples, s.seed)
     data = dm.attacker_set(idx, ctx.trigger if use_trigger else None)
