@@ -16,6 +16,7 @@ from datamodules import DATASETS
 from lightning_modules.attacks import ATTACKS
 from lightning_modules.defenses import DEFENSES
 from lightning_modules.reactivation import REACTIVATIONS
+from lightning_modules.retuning import RETUNINGS
 
 
 def json_dict(text: str) -> dict:
@@ -39,7 +40,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
     hints = typing.get_type_hints(CellSpec)
     names = {"dataset": DATASETS.names(), "arch": architecture_names(),
              "attack": [n for n in ATTACKS.names() if n != "clean"], "defenses": DEFENSES.names(),
-             "reactivations": REACTIVATIONS.names()}
+             "reactivations": REACTIVATIONS.names(), "retunings": RETUNINGS.names()}
     for f in dataclasses.fields(CellSpec):
         if f.name in skip:
             continue
@@ -53,8 +54,12 @@ def add_spec_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
             help_text = f"{help_text}. {attack_options_help()}"
         if hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif typing.get_origin(hint) is tuple:
-            parser.add_argument(flag, nargs="+", default=list(default), metavar="NAME", help=help_text)
+        elif typing.get_origin(_optional_inner(hint)) is tuple:
+            item = typing.get_args(_optional_inner(hint))[0]
+            numeric = isinstance(item, type) and issubclass(item, float)
+            parser.add_argument(flag, nargs="+", default=None if default is None else list(default),
+                                type=float if numeric else None, metavar="VALUE" if numeric else "NAME",
+                                help=help_text)
         elif hint is dict:
             parser.add_argument(flag, type=json_dict, default=default, metavar="JSON", help=help_text)
         else:
@@ -62,6 +67,14 @@ def add_spec_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = 
             if choices:
                 help_text = f"{help_text} ({' | '.join(choices)})"
             parser.add_argument(flag, default=default, metavar=f.name.upper(), help=help_text)
+
+
+def _optional_inner(hint):
+    """`X | None` -> X (an option whose default is None); other hints unchanged."""
+    args = typing.get_args(hint)
+    if type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return hint
 
 
 def attack_options_help() -> str:
