@@ -119,6 +119,16 @@ def job_work(job: PlannedJob, data: GridData) -> JobWork:
         images, work.bound = defense_work(c["defense"], c.get("params", {}), clean_images)
         work.add("defense", images)
         work.add("evaluation", model_evaluation)
+    elif job.kind == "retune":  # weight-space re-activation: a fine-tune of every weight on a small split
+        p = c["params"]
+        work.add("defense", int(p["epochs"]) * max(1, round(float(p["split_ratio"]) * data.num_train)))
+        work.add("evaluation", model_evaluation)
+    elif job.kind == "purify":  # FT on the clean subset plus every poisoned sample
+        p = c["params"]
+        poisoned = round(float(c.get("poison_rate", 0.1)) * data.num_train)
+        images = math.ceil(float(c["clean_ratio"]) * data.num_train) + poisoned
+        work.add("defense", int(p["epochs"]) * images)
+        work.add("evaluation", model_evaluation)
     elif job.kind == "evaluate":
         work.add("evaluation", model_evaluation)
     elif job.kind in ("reactivation", "guaa"):

@@ -47,6 +47,7 @@ def purify_job(ctx: CellContext, attack: StageJob) -> StageJob:
     params = ctx.planned(("purify", model_spec), lambda: purification_module(ctx, ctx.plan_trainable(model_spec))
                          .config())
     config = {"control": EXACT_PURIFICATION, "params": params, "clean_ratio": s.clean_ratio,
+              "poison_rate": s.poison_rate, "poison_selection": ctx.poison_selection,
               "clean_subset": s.clean_subset, "seed": s.seed, "model": model_spec,
               "code": code_fingerprint(ExactPurification, ep_module, training_module)}
     return StageJob("purify", EXACT_PURIFICATION, config, {"attack": attack}, lambda inputs: run_purify(ctx, inputs))
