@@ -37,7 +37,7 @@ def stage_model(kind: str, label: str) -> str | None:
         return "backdoored"
     if kind in ("defense", "purify"):
         return label
-    if kind in ("reactivation", "guaa", "controls", "retune") and " vs " in label:
+    if kind in ("reactivation", "guaa", "controls", "retune", "qra") and " vs " in label:
         return label.split(" vs ", 1)[1]
     if kind == "bec" and label.startswith("S(f_A, ") and label.endswith(")"):
         return label[len("S(f_A, "):-1]

@@ -208,3 +208,60 @@ def test_the_leaderboard_headline_is_the_worst_case_over_input_and_weight_space(
     plain = leaderboard([{k: v for k, v in r.items() if not k.startswith("retune")} for r in rows], "x", ["wba"])
     assert {e["defense"]: e["worst_reactivation_asr"] for e in plain} == {"sleeper": 0.20, "remover": 0.30}
     assert reference(rows, ["wba"])["worst_weight_asr"] == 1.0
+
+
+FAST_QRA = {**FAST_RETUNING, "qra": {"epochs": 2, "clean_num": 32, "poison_num": 32, "hidden": 64}}
+
+
+def test_qra_defaults_are_the_reference_scripts_and_its_access_is_declared():
+    from lightning_modules.retuning.qra import QRA_ACCESS, QueryReactivationAttack
+
+    defaults = {k: p.default for k, p in inspect.signature(QueryReactivationAttack).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    # SBP fine_tune/qra.py: eps 16/255, alpha 0.2, 50 epochs, SGD lr 0.1 momentum 0.9, 500 + 500 images
+    assert defaults == {"epsilon": 16 / 255, "alpha": 0.2, "epochs": 50, "batch_size": 128, "lr": 0.1,
+                        "momentum": 0.9, "clean_num": 500, "poison_num": 500, "hidden": 1024}
+    assert QueryReactivationAttack.access == QRA_ACCESS and "white-box" in QRA_ACCESS
+
+
+def test_qra_trains_only_its_generator_and_its_delta_stays_within_epsilon(tmp_path):
+    from lightning_modules.retuning.qra import PerturbationGenerator
+
+    cell = _cell(tmp_path, qra=True, retuning_params=FAST_QRA)
+    job = _run_until(cell, "qra", "qra vs ft")
+    victim = cell.store.load("defense", job.deps["model"].key)
+    before = _digest(victim)
+    artifact = cell.execute(job)
+    assert _digest(cell.store.load("defense", job.deps["model"].key)) == before
+    generator = PerturbationGenerator(cell.dm.image_shape, hidden=64)
+    generator.load_state_dict({k[len("generator."):]: v for k, v in artifact.tensors().items()})
+    x = torch.rand(64, *cell.dm.image_shape)
+    with torch.no_grad():
+        moved = (generator(x) - x).abs().amax()
+    assert moved <= 16 / 255 + 1e-6
+    for key in ("asr:model", "fooling_rate:model", "asr:clean_model", "fooling_rate:clean_model"):
+        assert 0.0 <= artifact.metrics[key] <= 1.0
+    rows = {r["model"]: r for r in cell.run()}
+    assert rows["ft"]["qra_asr"] == artifact.metrics["asr:model"]
+    assert "qra_asr" in rows["exact-purification"] and "qra_asr" not in rows["clean"]
+
+
+def test_qras_fooling_rate_counts_the_cells_target_not_class_zero():
+    from lightning_modules.retuning.qra import GeneratorEvaluation, PerturbationGenerator
+    from benchmark.training import TrainerFactory
+
+    class AlwaysOne(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.ones(len(x), dtype=torch.long), 3).float()
+
+    data = torch.utils.data.TensorDataset(torch.rand(8, 1, 4, 4), torch.full((8,), 2), torch.arange(8))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    trainers = TrainerFactory("cpu", progress=False)
+    for target, expected in ((1, 1.0), (0, 0.0)):
+        stage = GeneratorEvaluation(AlwaysOne(), 3, target, PerturbationGenerator((1, 4, 4), hidden=8))
+        assert trainers.evaluate(stage, poisoned_loader=loader)["test/asr"] == expected
+
+
+def test_qra_needs_the_retuning_attack():
+    with pytest.raises(ConfigError, match="add 'ra' to retunings"):
+        fast_spec(qra=True).validate()

@@ -31,7 +31,7 @@ from benchmark.cell.context import CellContext
 from benchmark.cell.job import Plan, StageJob
 from benchmark.cell.rows import BACKDOORED_ROW, CLEAN_ROW, cell_rows
 from benchmark.cell.spec import SpecBase
-from benchmark.cell.stages import bec, controls, defense, evaluate, reactivation, retune
+from benchmark.cell.stages import bec, controls, defense, evaluate, qra, reactivation, retune
 from benchmark.storage.checkpoints import JobCheckpoints
 from benchmark.storage.store import Artifact, ArtifactStore
 from benchmark.training import TrainerFactory
@@ -147,7 +147,9 @@ class Cell:
             plan.add(bec.bec_job(ctx, attack, clean, purified, retune.EXACT_PURIFICATION))
             for method in s.retunings:
                 for label, job in {**models, retune.EXACT_PURIFICATION: purified}.items():
-                    plan.add(retune.retune_job(ctx, method, attack, job, label))
+                    retuned = plan.add(retune.retune_job(ctx, method, attack, job, label))
+                    if s.qra and method == qra.RETUNER and label not in (CLEAN_ROW, BACKDOORED_ROW):
+                        plan.add(qra.qra_job(ctx, job, retuned, clean, label))
         return plan
 
     def job(self, kind: str, label: str) -> StageJob:

@@ -12,7 +12,7 @@ from benchmark.measures.bec import backdoor_existence_coefficient, min_max_bec
 from benchmark.errors import StoreError
 from benchmark.measures.metrics import defense_effectiveness_rating
 from benchmark.cell.spec import SpecBase
-from benchmark.cell.stages import bec, evaluate, reactivation, retune
+from benchmark.cell.stages import bec, evaluate, qra, reactivation, retune
 from benchmark.cell.job import Plan, StageJob
 from benchmark.cell.stages.training import CLEAN_LABEL
 from benchmark.storage.store import ArtifactStore
@@ -72,6 +72,11 @@ def cell_rows(spec: SpecBase, store: ArtifactStore, plan: Plan) -> list[dict]:
             if m is not None:
                 row.update({f"retune_asr:{method}": m["test/asr"], f"retune_acc:{method}": m["test/clean_acc"],
                             f"retune_ra:{method}": m["test/ra"]})
+        m = metrics_if_run(plan.find("qra", qra.label(label))) if spec.qra else None
+        if m is not None:  # QRA's ASR and targeted fooling rate, on the model and on f_C
+            row.update({"qra_asr": m["asr:model"], "qra_fooling_rate": m["fooling_rate:model"],
+                        "qra_asr:clean_model": m["asr:clean_model"],
+                        "qra_fooling_rate:clean_model": m["fooling_rate:clean_model"]})
         rows.append(row)
     return rows
 

@@ -28,6 +28,7 @@ SURROGATE_KEYS = ("surrogates", "surrogate_arch")
 REACTIVATION_RUNNER_ARGS = ("model", "oracle", "surrogates", "image_shape", "target_label", "epsilon", "norm",
                             "seed")
 RETUNING_RUNNER_ARGS = ("model", "num_classes", "target_label", "augment")
+QRA_RUNNER_ARGS = ("model", "retuned", "clean_model", "image_shape")
 
 
 def _field(default, help: str):
@@ -83,6 +84,8 @@ class SpecBase:
     # model on a small attacker-held set; EP (exact purification) is its control
     retunings: tuple[str, ...] = _field((), "weight-space re-activation methods (ra) or plugins; adds the "
                                             "exact-purification control row")
+    qra: bool = _field(False, "run QRA (a per-input generator carrying the ra-retuned model's backdoor into "
+                              "the defended one) against every defense and exact purification; needs ra")
     # the noise-robustness and feature-CKA controls per method x defense (the
     # gUAA control always runs)
     controls: bool = _field(True, "run the noise-robustness and feature-CKA controls")
@@ -93,7 +96,7 @@ class SpecBase:
     trigger_params: dict = _field({}, "JSON overrides of the attack's trigger, e.g. '{\"size\": 4}'")
     defense_params: dict = _field({}, "JSON {defense: {param: value}}, e.g. '{\"ft\": {\"epochs\": 20}}'")
     reactivation_params: dict = _field({}, "JSON {method: {param: value}}, e.g. '{\"wba\": {\"epochs\": 10}}'")
-    retuning_params: dict = _field({}, "JSON {method or exact-purification: {param: value}}, e.g. "
+    retuning_params: dict = _field({}, "JSON {method, qra or exact-purification: {param: value}}, e.g. "
                                        "'{\"ra\": {\"epochs\": 5}}'")
     data_params: dict = _field({}, "JSON extra data-module arguments")
 
@@ -143,6 +146,8 @@ class SpecBase:
                                   f"({', '.join(self.defenses) or 'none'})")
         for name in self.retunings:
             RETUNINGS.get(name)
+        if self.qra and "ra" not in self.retunings:
+            raise ConfigError("qra imitates the model the retuning attack made: add 'ra' to retunings")
         if len(set(self.retunings)) != len(self.retunings):
             raise ConfigError(f"retunings listed twice: {list(self.retunings)}")
         for section in ("defense_params", "reactivation_params", "retuning_params"):
@@ -160,7 +165,8 @@ class SpecBase:
                    **_surrogate_params(name, params)}
             for name, params in self.reactivation_params.items()}
         self.retuning_params = {name: validate_params(f"weight-space re-activation {name!r}",
-                                                      _retuning_class(name), params, RETUNING_RUNNER_ARGS)
+                                                      _retuning_class(name), params,
+                                                      QRA_RUNNER_ARGS if name == "qra" else RETUNING_RUNNER_ARGS)
                                 for name, params in self.retuning_params.items()}
 
     def to_dict(self) -> dict:
@@ -195,11 +201,12 @@ def spec_from_dict(data: dict) -> SpecBase:
 
 
 def _retuning_class(name: str):
-    """A weight-space method, or the exact-purification control."""
+    """A weight-space method, QRA, or the exact-purification control."""
     from lightning_modules.retuning import RETUNINGS
     from lightning_modules.retuning.exact_purification import NAME, ExactPurification
+    from lightning_modules.retuning.qra import QueryReactivationAttack
 
-    return ExactPurification if name == NAME else RETUNINGS.get(name)
+    return {NAME: ExactPurification, "qra": QueryReactivationAttack}.get(name) or RETUNINGS.get(name)
 
 
 def _surrogate_params(method: str, params: dict) -> dict:

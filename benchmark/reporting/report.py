@@ -163,6 +163,8 @@ def _markdown(summary: list[dict], methods: list[str], title: str, figures: list
             cols += [(f"eps_star:{m}", f"{m} ε*", False)]
     for r in retunings:
         cols += [(f"retune_asr:{r}", f"{r} P-ASR %", True), (f"retune_acc:{r}", f"{r} C-Acc %", True)]
+    if any(a.get("qra_asr_n") for a in summary):
+        cols += [("qra_asr", "QRA ASR %", True), ("qra_fooling_rate", "QRA fooling %", True)]
     gaps = [m for m in methods if any(a.get(f"gap:{m}_mean") is not None for a in summary)]
     lines = [f"# {title}", "",
              seeds_sentence(summary) + " Rates in percent; – = not applicable or missing.", "",
@@ -177,6 +179,10 @@ def _markdown(summary: list[dict], methods: list[str], title: str, figures: list
         lines += ["- P-ASR: the ASR after weight-space re-activation (a copy of the model fine-tuned on the "
                   "attacker's small set with a few poisoned samples); ASR is the model's own (O-ASR). "
                   "exact-purification: the control (f_A fine-tuned on the poisoned samples with their true labels)."]
+    if any(a.get("qra_asr_n") for a in summary):
+        lines += ["- QRA ASR: trigger + the per-input δ(x) of QRA's generator on the model; QRA fooling: clean "
+                  "non-target images + δ(x) classified as the target (results.csv also has both on the clean "
+                  "model, under the same generator)."]
     lines += [""]
     header = ["attack", "model", "seeds"] + [h for _, h, _ in cols] + [f"{m} re-act − gUAA (pts)" for m in gaps]
     for panel in ordered((a["dataset"], a["arch"]) for a in summary):

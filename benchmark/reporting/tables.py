@@ -31,6 +31,8 @@ METHOD_KINDS = ("react_asr", "react_ra", "guaa_asr")
 # Weight-space re-activation per method r: the retuned model's ASR (P-ASR;
 # the model's own `asr` is its O-ASR), C-Acc and RA.
 RETUNING_KINDS = ("retune_asr", "retune_acc", "retune_ra")
+# QRA against the model and, with the same generator, against the clean model
+QRA_COLUMNS = ("qra_asr", "qra_fooling_rate", "qra_asr:clean_model", "qra_fooling_rate:clean_model")
 
 _METHOD_KEY = re.compile(r"^(react_asr|react_ra|guaa_asr):([^@]+)$")
 _CURVE_KEY = re.compile(r"^react_asr:([^@]+)@(\d+)q$")
@@ -85,6 +87,7 @@ def metric_columns(rows: list[dict]) -> list[str]:
         cols += [f"eps_star:{m}"] if f"eps_star:{m}" in keys else []
     for r in retuning_names(keys):
         cols += [f"{kind}:{r}" for kind in RETUNING_KINDS if f"{kind}:{r}" in keys]
+    cols += [c for c in QRA_COLUMNS if c in keys]
     return cols
 
 

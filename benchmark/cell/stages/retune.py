@@ -89,6 +89,7 @@ def retune_job(ctx: CellContext, method: str, attack: StageJob, victim: StageJob
     params = ctx.planned(("retune", method, model_spec), lambda: retuning_module(
         ctx, method, ctx.plan_trainable(model_spec)).config())
     config = {"method": method, "params": params, "attacker_samples": s.attacker_samples, "seed": s.seed,
+              "model": model_spec,
               "code": code_fingerprint(RETUNINGS.get(method), RETUNINGS.origin(method), training_module)}
     # f_A is an input for the trigger's state (the poisoned samples carry it)
     return StageJob("retune", label(method, model_label), config, {"model": victim, "attack": attack},
@@ -110,7 +111,9 @@ def retuning_set(ctx: CellContext, split_ratio: float, poison_num: int) -> Index
     order = torch.randperm(dm.num_train, generator=torch.Generator().manual_seed(s.seed + SPLIT_STREAM))
     order = order[~torch.isin(order, poisoned)]
     clean = order[:count - poison_num]
-    images = torch.cat([dm.triggered(dm.train_images[poisoned], ctx.trigger), to_unit_float(dm.train_images[clean])])
+    clean_images = to_unit_float(dm.train_images[clean])
+    images = torch.cat([dm.triggered(dm.train_images[poisoned], ctx.trigger), clean_images]) if poison_num \
+        else clean_images
     labels = torch.cat([torch.full((len(poisoned),), s.target_label, dtype=torch.long), dm.train_labels[clean]])
     return IndexedImages(images, labels, torch.cat([poisoned, clean]))
 
