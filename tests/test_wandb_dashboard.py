@@ -157,3 +157,17 @@ def test_curve_and_noise_tables_from_rows():
     (noise,) = noise_rows(rows)
     assert (noise["case"], noise["noise_level"], noise["n_seeds"]) == ("defended", "0.05", 2)
     assert noise["asr_pct"] == pytest.approx(40.0) and noise["asr_pct_low"] < 40.0 < noise["asr_pct_high"]
+
+
+def test_epsilon_and_retuning_chart_tables_from_rows():
+    from benchmark.reporting.wandb_charts import epsilon_rows, retuning_rows
+
+    rows = [{"dataset": "d", "arch": "a", "attack": "A", "model": "ft", "seed": s, "asr": 0.05,
+             "react_asr:wba@eps=0.02": 0.2, "guaa_asr:wba@eps=0.02": 0.1, "react_asr:wba@eps=0.05": 0.6 + 0.1 * s,
+             "guaa_asr:wba@eps=0.05": 0.2, "retune_asr:ra": 0.8} for s in (0, 1)]
+    summary = summarize(rows)
+    eps = epsilon_rows(summary, ("d", "a", "A"), "wba", [0.02, 0.05])
+    assert [(r["line"], r["epsilon"], round(r["asr_pct"], 6)) for r in eps] == [
+        ("ft · wba", 0.02, 20.0), ("ft · wba", 0.05, 65.0), ("ft · gUAA", 0.02, 10.0), ("ft · gUAA", 0.05, 20.0)]
+    bars = retuning_rows(summary, ("d", "a", "A"), "ra")
+    assert [(b["label"], round(b["asr_pct"], 6)) for b in bars] == [("ft · O-ASR", 5.0), ("ft · P-ASR", 80.0)]

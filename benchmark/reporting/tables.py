@@ -53,6 +53,7 @@ def method_names(keys) -> list[str]:
     """The re-activation methods named in `keys`: the paper's in its order, then others sorted."""
     found = {m.group(2) for k in keys if (m := _METHOD_KEY.match(k))}
     found |= {m.group(1) for k in keys if (m := _CURVE_KEY.match(k))}
+    found |= {m.group(2) for k in keys if (m := _EPS_KEY.match(k))}
     return [m for m in KNOWN_METHODS if m in found] + sorted(found - set(KNOWN_METHODS))
 
 

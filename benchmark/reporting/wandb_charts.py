@@ -19,6 +19,12 @@ Keys (stable; benchmark/reporting/wandb_dashboard.py builds its panels on them):
   labelled "<model> · trigger | <method> | gUAA".
 - `charts/asr_vs_queries/<method>/<facet>`: ASR (%) against queries, one
   line per model (query-based methods that record a curve).
+- `charts/asr_vs_epsilon/<method>/<facet>`: ASR (%) against the budget ε,
+  one line per model and condition ("<model> · <method>" / "<model> ·
+  gUAA"), when the grid ran an ε curve.
+- `charts/retuning/<method>/<facet>`: weight-space re-activation, the
+  model's own ASR (O-ASR) and after retuning with `method` (P-ASR), as bars
+  labelled "<model> · O-ASR | P-ASR" (exact purification is the control).
 - `tables/noise_robustness`: ASR under random noise of each control case at
   each noise level (present when the grid ran the controls).
 """
@@ -27,7 +33,8 @@ from __future__ import annotations
 import re
 
 from benchmark.measures.intervals import mean_interval
-from benchmark.reporting.tables import BACKDOORED, CLEAN, curve_points, method_names, ordered
+from benchmark.reporting.tables import BACKDOORED, CLEAN, curve_points, epsilon_key, epsilon_points, \
+    method_names, ordered, retuning_names
 
 _NOISE_KEY = re.compile(r"^noise_asr:([^:]+):([^@]+)@(.+)$")
 REFERENCES = {CLEAN: "clean f_C", BACKDOORED: "backdoored f_A"}
@@ -80,6 +87,31 @@ def curve_rows(summary: list[dict], group: tuple, points: list[tuple[int, str]])
             for a in _members(summary, group) for n, key in points if a.get(f"{key}_mean") is not None]
 
 
+def epsilon_rows(summary: list[dict], group: tuple, method: str, budgets: list[float]) -> list[dict]:
+    rows = []
+    for a in _members(summary, group):
+        for condition, kind in ((method, "react_asr"), ("gUAA", "guaa_asr")):
+            for eps in budgets:
+                key = epsilon_key(kind, method, eps)
+                if a.get(f"{key}_mean") is not None:
+                    rows.append({"line": f"{a.get('model')} · {condition}", "model": a.get("model"), "epsilon": eps,
+                                 "asr_pct": _pct(a[f"{key}_mean"]), "asr_pct_low": _pct(a.get(f"{key}_low")),
+                                 "asr_pct_high": _pct(a.get(f"{key}_high"))})
+    return rows
+
+
+def retuning_rows(summary: list[dict], group: tuple, method: str) -> list[dict]:
+    rows = []
+    for a in _members(summary, group):
+        for condition, col in (("O-ASR", "asr"), ("P-ASR", f"retune_asr:{method}")):
+            if a.get(f"{col}_mean") is not None and a.get(f"retune_asr:{method}_mean") is not None:
+                rows.append({"label": f"{a.get('model')} · {condition}", "model": a.get("model"),
+                             "condition": condition, "asr_pct": _pct(a[f"{col}_mean"]),
+                             "asr_pct_low": _pct(a.get(f"{col}_low")), "asr_pct_high": _pct(a.get(f"{col}_high")),
+                             "n_seeds": a.get("n_seeds")})
+    return rows
+
+
 def noise_rows(rows: list[dict]) -> list[dict]:
     """Mean and interval over seeds of every noise-control ASR in the rows."""
     groups: dict[tuple, list[float]] = {}
@@ -105,7 +137,7 @@ def chart_payload(rows: list[dict], summary: list[dict], table) -> dict:
     import wandb
 
     keys = set().union(*rows) if rows else set()
-    methods = method_names(keys)
+    methods, retunings = method_names(keys), retuning_names(keys)
     payload = {}
     for group, facet in facets(summary).items():
         where = f"{group[2]} ({group[0]} / {group[1]})"
@@ -125,6 +157,18 @@ def chart_payload(rows: list[dict], summary: list[dict], table) -> dict:
                 payload[f"charts/asr_vs_queries/{method}/{facet}"] = wandb.plot.line(
                     table(curve), "queries", "asr_pct", stroke="model",
                     title=f"ASR % after {method} vs queries, {where}")
+            budgets = epsilon_points(keys, method)
+            eps_rows = epsilon_rows(summary, group, method, budgets) if len(budgets) > 1 else []
+            if eps_rows:
+                payload[f"charts/asr_vs_epsilon/{method}/{facet}"] = wandb.plot.line(
+                    table(eps_rows), "epsilon", "asr_pct", stroke="line",
+                    title=f"ASR % after {method} and its gUAA control vs ε, {where}")
+        for method in retunings:
+            bars = retuning_rows(summary, group, method)
+            if bars:
+                payload[f"charts/retuning/{method}/{facet}"] = wandb.plot.bar(
+                    table(bars), "label", "asr_pct",
+                    title=f"ASR % before (O-ASR) and after {method} (P-ASR), {where}")
     noise = noise_rows(rows)
     if noise:
         payload["tables/noise_robustness"] = table(noise)

@@ -38,8 +38,10 @@ STAGE_GROUPS = {
                                                  ["test/clean_acc", "test/asr"]),
     "Defenses": (["defense"], ["train/loss_epoch"], list(FINAL_METRICS)),
     "Re-activation and its gUAA control": (["reactivation", "guaa"], ["react/loss"], ["test/asr", "test/ra"]),
+    "Weight-space re-activation and its controls": (["retune", "purify", "qra"], ["train/loss_epoch"],
+                                                    list(FINAL_METRICS)),
 }
-FIGURES = ("bec_vs_asr", "reactivation_asr", "asr_vs_queries")
+FIGURES = ("bec_vs_asr", "reactivation_asr", "asr_vs_queries", "asr_vs_epsilon", "retuning_asr")
 
 
 def chart_panels(rows: list[dict], summary: list[dict]) -> list[dict]:
@@ -82,7 +84,10 @@ def dashboard_spec(*, grid: str, entity: str | None, project: str, rows: list[di
                                     "BEC, the trigger's ASR and its re-activation against the gUAA control, "
                                     "mean over seeds with 95 % intervals in the tables."},
               {"type": "h2", "text": "Overview"}, {"type": "grid", "stages": ["summary"], "panels": overview}]
+    keys = set().union(*rows) if rows else set()
     for title, (stages, curve_keys, final_keys) in STAGE_GROUPS.items():
+        if "retune" in stages and not any(k.startswith("retune_asr:") for k in keys):
+            continue  # a grid without weight-space re-activation logs no such runs
         blocks += [{"type": "h2", "text": title},
                    {"type": "grid", "stages": stages,
                     "panels": [{"type": "line", "x": "epoch", "y": [m], "title": f"{m} per epoch"} for m in curve_keys]
