@@ -18,6 +18,10 @@ FAST_DEFENSE_PARAMS = {
     "i-bau": {"epochs": 1}, "sau": {"epochs": 1},
     "ft-sam": {"epochs": 1}, "fst": {"epochs": 1}, "seam": {"epochs": 1, "forget_epochs": 1},
     "anp": {"iterations": 5},
+    "bti-dbf": {"preround": 1, "mround": 1, "uround": 1, "nround": 2, "ul_round": 1, "unet_width": 4,
+                "unet_depth": 2},
+    "pam": {"preround": 1, "mround": 1, "uround": 1, "nround": 2, "ul_round": 1, "unet_width": 4,
+            "unet_depth": 2},
 }
 FAST_REACTIVATION = {"wba": {"epochs": 2, "num_samples": 32, "batch_size": 16}}
 # Every registered attack needs an entry here: trigger parameters that make
