@@ -11,10 +11,14 @@ Claims and margins, fixed before measuring:
 2. RA on exact purification stays low: P-ASR <= 0.2.
 3. RA on the FT- and NAD-defended models climbs above both controls:
    P-ASR >= max(P-ASR of f_C, P-ASR of EP) + 0.2, for each attack.
-The paper's third finding, that PAM's P-ASR lies below FT's, needs PAM,
-which the suite does not have yet: not tested here.
+4. PAM (path-aware minimisation on BTI-DBF(U)) resists RA better than FT:
+   its P-ASR is at least 0.1 below FT's, for each attack. PAM runs at the
+   demo's scale of the reference budget (1/25 of its epochs, rounded up:
+   pre-training 50 -> 2, mask search 20 -> 1, generator 30 -> 1, unlearning
+   3 rounds x 30 -> 2 rounds x 2 epochs), beside the demo's own cells.
 """
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +33,8 @@ LOW = 0.2       # claims 1 and 2: a control "stays low" at or below this P-ASR
 MARGIN = 0.2    # claim 3: how far above both controls a sleeping backdoor climbs
 CONTROLS = ("clean", "exact-purification")
 SUPERFICIAL = ("ft", "nad")
+PAM_MARGIN = 0.1  # claim 4
+PAM_DEMO_BUDGET = {"preround": 2, "mround": 1, "uround": 1, "nround": 2, "ul_round": 2}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +47,15 @@ def rows(science_store):
         for job in cell.jobs:
             cell.execute(job)
         out[spec.attack] = {r["model"]: r for r in cell.rows()}
+        # PAM beside the demo's defenses: the same f_C, f_A, FT and controls from the store
+        pam_spec = replace(spec, defenses=("ft", "pam"), reactivations=(), epsilon_curve=(),
+                           epsilon_curve_defenses=None,
+                           defense_params={**spec.defense_params, "pam": PAM_DEMO_BUDGET})
+        pam_cell = Cell(pam_spec, science_store, data_dir=data_dir, accelerator="cpu", progress=False,
+                        datamodule=cell.dm)
+        for job in pam_cell.jobs:  # only PAM, its BEC and its retuning are new
+            pam_cell.execute(job)
+        out[spec.attack]["pam"] = next(r for r in pam_cell.rows() if r["model"] == "pam")
         print(f"\n{spec.attack}: model  C-Acc  O-ASR  P-ASR(ra)  C-Acc after ra  WBA  gUAA")
         for model, r in out[spec.attack].items():
             print(f"  {model:20s} {r['clean_acc']:.3f} {r['asr']:.3f} {r.get('retune_asr:ra')} "
@@ -52,6 +67,12 @@ def rows(science_store):
 def test_ra_leaves_the_controls_low(rows, control):
     for attack, by_model in rows.items():
         assert by_model[control]["retune_asr:ra"] <= LOW, (attack, control, by_model[control]["retune_asr:ra"])
+
+
+def test_pam_resists_retuning_better_than_ft(rows):
+    for attack, by_model in rows.items():
+        pam, ft = by_model["pam"]["retune_asr:ra"], by_model["ft"]["retune_asr:ra"]
+        assert pam <= ft - PAM_MARGIN, (attack, pam, ft)
 
 
 @pytest.mark.parametrize("defense", SUPERFICIAL)
