@@ -313,27 +313,14 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch)
 def _head_dtypes(cls, **params) -> set:
     """Dtypes of the head's output in every grad-enabled pass of a short fit
     under the trainer's bf16 autocast (on the CPU here, as on a GPU)."""
-    from torch.utils.data import DataLoader
-
-    from benchmark.training import TrainerFactory
-    from datamodules.tensor_dataset import IndexedImages, keep_batch
+    from tests.test_fidelity import head_dtypes_under_bf16
 
     torch.manual_seed(0)
     model = small_model()
     fast = {"preround": 1, "mround": 1, "uround": 1, "nround": 1, "ul_round": 1, "unet_width": 4, "unet_depth": 2,
             "batch_size": 8}
     module = cls(model, 4, **fast, **params)
-    gen = torch.Generator().manual_seed(0)
-    dataset = IndexedImages(torch.randint(0, 256, (16, 1, 16, 16), dtype=torch.uint8, generator=gen),
-                            torch.arange(16) % 4)
-    module.prepare(dataset, fit=None)
-    seen = set()
-    head = model.get_submodule(model.head_layer)
-    head.register_forward_hook(lambda m, i, o: seen.add(o.dtype) if torch.is_grad_enabled() else None)
-    loader = DataLoader(dataset, batch_size=8, shuffle=True, collate_fn=keep_batch,
-                        generator=torch.Generator().manual_seed(0))
-    TrainerFactory("cpu", progress=False, precision="bf16-mixed").fit(module, loader, epochs=module.hparams.epochs)
-    return seen
+    return head_dtypes_under_bf16(module, model, epochs=module.hparams.epochs)
 
 
 @pytest.mark.parametrize("cls", [BTIDBF, PathAwareMinimization])

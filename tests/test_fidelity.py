@@ -156,6 +156,13 @@ def _training_head_dtypes(name: str, **params) -> set:
     torch.manual_seed(0)
     model = build_model("small_cnn", 4, 1, 16, (0.5,), (0.25,))
     module = DEFENSES.get(name)(model, 4, **FP32_REFERENCE[name], **params)
+    return head_dtypes_under_bf16(module, model, epochs=1)
+
+
+def head_dtypes_under_bf16(module, model, epochs: int) -> set:
+    """Prepare `module` on 16 random 16x16 images, fit it `epochs` epochs
+    under the trainer's bf16 autocast, and return the dtypes of `model`'s
+    head output in every grad-enabled pass."""
     gen = torch.Generator().manual_seed(0)
     dataset = IndexedImages(torch.randint(0, 256, (16, 1, 16, 16), dtype=torch.uint8, generator=gen),
                             torch.arange(16) % 4)
@@ -165,7 +172,7 @@ def _training_head_dtypes(name: str, **params) -> set:
     head.register_forward_hook(lambda m, i, o: seen.add(o.dtype) if torch.is_grad_enabled() else None)
     loader = DataLoader(dataset, batch_size=8, shuffle=True, collate_fn=keep_batch,
                         generator=torch.Generator().manual_seed(0))
-    TrainerFactory("cpu", progress=False, precision="bf16-mixed").fit(module, loader, epochs=1)
+    TrainerFactory("cpu", progress=False, precision="bf16-mixed").fit(module, loader, epochs=epochs)
     return seen
 
 
