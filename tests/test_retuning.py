@@ -265,3 +265,26 @@ def test_qras_fooling_rate_counts_the_cells_target_not_class_zero():
 def test_qra_needs_the_retuning_attack():
     with pytest.raises(ConfigError, match="add 'ra' to retunings"):
         fast_spec(qra=True).validate()
+
+
+@pytest.mark.parametrize("name", RETUNINGS.names())
+def test_every_weight_space_method_keeps_the_retuning_contract(name, tmp_path):
+    from benchmark.extension.retuning_contract import check_retuning_contract
+
+    metrics = check_retuning_contract(name, {"epochs": 1, "split_ratio": 0.1}, tmp_path)
+    assert 0.0 <= metrics["test/asr"] <= 1.0
+
+
+def test_the_retuning_contract_catches_a_method_that_trains_the_victim_in_place(tmp_path, monkeypatch):
+    from benchmark.extension.retuning_contract import check_retuning_contract
+    from benchmark.cell.stages import retune as retune_stage
+
+    def write_back(ctx, inputs):  # a runner that saves over the victim's own artifact
+        metrics, weights = run(ctx, "ra", inputs)
+        (inputs["model"].path / "extra.json").write_text("{}")
+        return metrics, weights
+
+    run = retune_stage.run_retune
+    monkeypatch.setattr(retune_stage, "run_retune", lambda ctx, method, inputs: write_back(ctx, inputs))
+    with pytest.raises(AssertionError, match="wrote the victim's stored weights"):
+        check_retuning_contract("ra", {"epochs": 1, "split_ratio": 0.1}, tmp_path)

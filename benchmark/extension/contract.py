@@ -31,6 +31,9 @@ a query method only ever sees the victim through the counting oracle, within
 its budget; the attacker's samples it is fitted on are non-target training
 images (with the trigger for re-activation, clean for the gUAA control),
 so that neither objective is met before the search starts.
+
+The retuning contract (weight-space re-activation) is
+`benchmark.extension.retuning_contract.check_retuning_contract`.
 """
 from __future__ import annotations
 
@@ -236,3 +239,4 @@ def check_reactivation_contract(method, params: dict | None = None, workdir: str
             budget = job.config["params"]["max_queries"]
             assert metrics["queries"] <= budget, f"re-activation {name!r} spent {metrics['queries']} > {budget} queries"
         return metrics
+
