@@ -7,8 +7,8 @@ reference defaults (2 % of the training set with 5 poisoned samples, SGD lr
 through the store (SCIENCE_STORE=store reuses `make demo`'s).
 
 Claims and margins, fixed before measuring:
-1. RA on the clean model f_C stays low: P-ASR <= 0.2.
-2. RA on exact purification stays low: P-ASR <= 0.2.
+1. RA on the clean model f_C stays low: P-ASR <= 0.2, for each attack.
+2. RA on exact purification stays low: P-ASR <= 0.2, for each attack.
 3. RA on the FT- and NAD-defended models climbs above both controls:
    P-ASR >= max(P-ASR of f_C, P-ASR of EP) + 0.2, for each attack.
 4. PAM (path-aware minimisation on BTI-DBF(U)) resists RA better than FT:
@@ -63,12 +63,27 @@ def rows(science_store):
     return out
 
 
-@pytest.mark.parametrize("control", CONTROLS)
-def test_ra_leaves_the_controls_low(rows, control):
-    for attack, by_model in rows.items():
-        assert by_model[control]["retune_asr:ra"] <= LOW, (attack, control, by_model[control]["retune_asr:ra"])
+# Measured (make test-slow, seed 0): claims 1 and 2 hold on BadNets (P-ASR of
+# f_C 0.059, of EP 0.192) and not on Blended (0.230 and 0.318): retuning on
+# 5 Blended images teaches even the clean model the blend pattern a little.
+# Reported as they are, not tuned; strict, so a change that makes them hold
+# shows up.
+NOT_REPRODUCED = {("blended", "clean"): "P-ASR of f_C measured 0.230 > 0.2",
+                  ("blended", "exact-purification"): "P-ASR of EP measured 0.318 > 0.2"}
 
 
+@pytest.mark.parametrize("attack,control", [
+    pytest.param(a, c, marks=pytest.mark.xfail(reason=NOT_REPRODUCED[(a, c)], strict=True))
+    if (a, c) in NOT_REPRODUCED else (a, c) for a in ("badnets", "blended") for c in CONTROLS])
+def test_ra_leaves_the_controls_low(rows, attack, control):
+    p_asr = rows[attack][control]["retune_asr:ra"]
+    assert p_asr <= LOW, (attack, control, p_asr)
+
+
+# Measured (seed 0): PAM's P-ASR 0.477 vs FT's 0.881 (BadNets), 0.717 vs 0.987
+# (Blended), so the claim holds as stated; but at 1/25 of its budget PAM
+# leaves C-Acc at 0.362 / 0.167 and O-ASR at 0.639 / 0.848: not yet a working
+# defense on this model, so this pass says little about PAM at full budget.
 def test_pam_resists_retuning_better_than_ft(rows):
     for attack, by_model in rows.items():
         pam, ft = by_model["pam"]["retune_asr:ra"], by_model["ft"]["retune_asr:ra"]
