@@ -224,7 +224,7 @@ def test_qra_defaults_are_the_reference_scripts_and_its_access_is_declared():
     assert QueryReactivationAttack.access == QRA_ACCESS and "white-box" in QRA_ACCESS
 
 
-def test_qra_trains_only_its_generator_and_its_delta_stays_within_epsilon(tmp_path):
+def test_qra_leaves_the_stored_victim_and_its_delta_stays_within_epsilon(tmp_path):
     from lightning_modules.retuning.qra import PerturbationGenerator
 
     cell = _cell(tmp_path, qra=True, retuning_params=FAST_QRA)
@@ -288,3 +288,27 @@ def test_the_retuning_contract_catches_a_method_that_trains_the_victim_in_place(
     monkeypatch.setattr(retune_stage, "run_retune", lambda ctx, method, inputs: write_back(ctx, inputs))
     with pytest.raises(AssertionError, match="wrote the victim's stored weights"):
         check_retuning_contract("ra", {"epochs": 1, "split_ratio": 0.1}, tmp_path)
+
+
+def test_qra_never_moves_the_models_it_differentiates_through():
+    """QRA's access: it back-propagates through f_D (and uses f_C and the RA
+    model) but trains only its generator: every weight and BatchNorm
+    statistic of the three models stays as it was."""
+    import copy
+
+    from benchmark.models import build_model
+    from benchmark.training import TrainerFactory
+    from datamodules.tensor_dataset import IndexedImages, keep_batch
+    from lightning_modules.retuning.qra import QueryReactivationAttack
+
+    torch.manual_seed(0)
+    models = [build_model("small_cnn", 4, 1, 16, (0.5,), (0.25,)) for _ in range(3)]
+    before = [copy.deepcopy(m.state_dict()) for m in models]
+    module = QueryReactivationAttack(*models, image_shape=(1, 16, 16), epochs=2, batch_size=8, hidden=16)
+    generator_before = copy.deepcopy(module.generator.state_dict())
+    data = IndexedImages(torch.randint(0, 256, (16, 1, 16, 16), dtype=torch.uint8), torch.arange(16) % 4)
+    loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True, collate_fn=keep_batch)
+    TrainerFactory("cpu", progress=False).fit(module, loader, epochs=2)
+    for model, state in zip(models, before):
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert any(not torch.equal(v, module.generator.state_dict()[k]) for k, v in generator_before.items())
