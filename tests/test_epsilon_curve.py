@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from benchmark.cell import Cell
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, UnknownNameError
 from benchmark.reporting.report import write_report
 from benchmark.storage.store import ArtifactStore
 from tests.conftest import fast_spec
@@ -50,8 +50,15 @@ def test_rows_carry_the_curve_and_the_smallest_budget_beating_the_control(tmp_pa
     ({"epsilon_curve": (0.05,)}, "repeats a budget"),
     ({"epsilon_curve": (0.02, 0.02)}, "repeats a budget"),
     ({"epsilon_curve": (1.5,)}, "epsilon=1.5 is not allowed for norm linf"),
-    ({"epsilon_curve": (0.02,), "epsilon_curve_defenses": ("sau",)}, "not one of the cell's defenses"),
+    ({"epsilon_curve": (0.02,), "epsilon_curve_defenses": ("no-such-defense",)}, "no-such-defense"),
 ])
 def test_bad_curves_are_one_line_errors(overrides, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises((ConfigError, UnknownNameError), match=message):
         fast_spec(**overrides).validate()
+
+
+def test_the_curve_defenses_filter_the_cells_own(tmp_path):
+    # a derived cell (bdbench score's candidate, a science test's) keeps the
+    # grid's list: a defense it does not run is simply not on its curve
+    cell = _cell(tmp_path, defenses=("nad",), epsilon_curve=(0.02,), epsilon_curve_defenses=("ft",))
+    assert not [j for j in cell.jobs if "eps=" in j.label and not j.label.endswith(("clean", "backdoored"))]

@@ -132,7 +132,8 @@ class Cell:
                 if rba and guaa:
                     plan.add(controls.controls_job(ctx, method, label, attack, models[label], rba, guaa))
         # the ε curve: every method and its gUAA control at further budgets
-        curve_models = s.epsilon_curve_defenses if s.epsilon_curve_defenses is not None else s.defenses
+        curve_models = [d for d in s.defenses
+                        if s.epsilon_curve_defenses is None or d in s.epsilon_curve_defenses]
         for eps in s.epsilon_curve:
             for method in s.reactivations:
                 for label in (CLEAN_ROW, BACKDOORED_ROW, *curve_models):
