@@ -69,7 +69,9 @@ def _paper_budget_rows(cells, every_defense: bool) -> dict:
     for attack, cell in cells.items():
         demo_rows = {r["model"]: r for r in cell.rows()}
         worked = _worked(demo_rows) if every_defense else _worked(demo_rows)[:1]
-        spec = replace(cell.spec, defenses=tuple(worked) or cell.spec.defenses[:1], reactivation_params={})
+        # WBA at the paper's budget only: the demo's ε curve and retuning stay in the demo's cells
+        spec = replace(cell.spec, defenses=tuple(worked) or cell.spec.defenses[:1], reactivation_params={},
+                       epsilon_curve=(), retunings=())
         full = Cell(spec, cell.store, data_dir=cell.dm.data_dir, accelerator="cpu", progress=False,
                     datamodule=cell.dm)
         for job in full.jobs:
@@ -113,7 +115,8 @@ def transfer(cells, rows):
     base = cells["badnets"]
     surrogate = "ft" if victim != "ft" else "nad"
     spec = replace(base.spec, defenses=(victim,), reactivations=("wba", "tbra"), controls=True,
-                   reactivation_params={"tbra": {"surrogates": [surrogate]}})  # the attacker's own FT copy
+                   reactivation_params={"tbra": {"surrogates": [surrogate]}},  # the attacker's own FT copy
+                   epsilon_curve=(), retunings=())
     cell = Cell(spec, base.store, data_dir=base.dm.data_dir, accelerator="cpu", progress=False, datamodule=base.dm)
     for job in cell.jobs:
         if job.label.endswith(f"vs {victim}") or job.kind in ("train", "attack", "evaluate", "defense", "bec"):
