@@ -129,21 +129,26 @@ class StepSpy(torch.optim.SGD):
         return super().step(closure)
 
 
-def test_pam_step_takes_the_gradient_at_theta_plus_e_and_steps_from_theta():
-    model = tiny_model()
-    anchor = moved_away(model)
-    x, y = torch.randn(8, 3), torch.tensor([0, 1] * 4)
+def _by_hand(model, anchor, x, y, rho: float = 0.5):
+    """(theta, the gradient at theta + e, the model moved to theta + e) with
+    e = rho * (theta_A - theta) / ||theta_A - theta||, computed by hand."""
     theta = [p.detach().clone() for p in model.parameters()]
-
-    # By hand: theta + e with e = rho * (theta_A - theta) / ||theta_A - theta||,
-    # the gradient there, then SGD from theta (first step: momentum buffer = g).
     d = [a - t for a, t in zip(anchor, theta)]
     norm = torch.sqrt(sum((t * t).sum() for t in d))
     ref = copy.deepcopy(model)
     with torch.no_grad():
         for p, t, di in zip(ref.parameters(), theta, d):
-            p.copy_(t + 0.5 * di / norm)
-    grads = torch.autograd.grad(F.cross_entropy(ref(x), y), list(ref.parameters()))
+            p.copy_(t + rho * di / norm)
+    return theta, torch.autograd.grad(F.cross_entropy(ref(x), y), list(ref.parameters())), ref
+
+
+def test_pam_step_takes_the_gradient_at_theta_plus_e_and_steps_from_theta():
+    model = tiny_model()
+    anchor = moved_away(model)
+    x, y = torch.randn(8, 3), torch.tensor([0, 1] * 4)
+    # By hand: the gradient at theta + e, then SGD from theta (first step:
+    # momentum buffer = g).
+    theta, grads, ref = _by_hand(model, anchor, x, y)
     expected = [t - 1e-2 * g for t, g in zip(theta, grads)]
 
     opt = StepSpy(model.parameters(), lr=1e-2, momentum=0.1)
@@ -161,14 +166,7 @@ def test_pam_step_takes_the_gradient_at_theta_plus_e_and_steps_from_theta():
     assert int(model[1].num_batches_tracked) == 1
 
     # second step: momentum 0.1 on the buffer, gradient again at the new theta + e
-    theta2 = [p.detach().clone() for p in model.parameters()]
-    d2 = [a - t for a, t in zip(anchor, theta2)]
-    norm2 = torch.sqrt(sum((t * t).sum() for t in d2))
-    ref2 = copy.deepcopy(model)
-    with torch.no_grad():
-        for p, t, di in zip(ref2.parameters(), theta2, d2):
-            p.copy_(t + 0.5 * di / norm2)
-    grads2 = torch.autograd.grad(F.cross_entropy(ref2(x), y), list(ref2.parameters()))
+    theta2, grads2, _ = _by_hand(model, anchor, x, y)
     pam_step(model, anchor, lambda: F.cross_entropy(model(x), y), opt, rho=0.5)
     for p, t, g1, g2 in zip(model.parameters(), theta2, grads, grads2):
         torch.testing.assert_close(p.detach(), t - 1e-2 * (0.1 * g1 + g2), rtol=1e-5, atol=1e-7)
