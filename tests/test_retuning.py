@@ -312,3 +312,16 @@ def test_qra_never_moves_the_models_it_differentiates_through():
     for model, state in zip(models, before):
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert any(not torch.equal(v, module.generator.state_dict()[k]) for k, v in generator_before.items())
+
+
+def test_exact_purification_runs_at_fts_reference_defaults():
+    # no public reference implements EP: it is FT (BackdoorBench config/defense/ft)
+    # with the oracle's data, so its defaults are FT's and must stay so
+    from lightning_modules.defenses.ft import FineTuning
+
+    def defaults(cls):
+        return {k: p.default for k, p in inspect.signature(cls).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    assert defaults(ExactPurification) == defaults(FineTuning)
+    assert defaults(ExactPurification)["epochs"] == 100 and defaults(ExactPurification)["lr"] == 0.01
